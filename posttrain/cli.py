@@ -1,0 +1,102 @@
+"""``posttrain <command> [-c config.yaml] [key.sub=value ...]``: parse, then call the recipe.
+
+The CLI holds no training logic: each command is a module with a ``Config`` dataclass and a
+``train(config)`` function, the same ones a notebook calls. Errors caused by the user (config,
+data, rewards, checkpoints) print one block and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import warnings
+from typing import Any
+
+from posttrain.config import help_text, load_config
+from posttrain.errors import PosttrainError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "sft": ("posttrain.recipes.sft", "supervised fine-tuning on demonstrations (loss on responses only)"),
+    "grpo": ("posttrain.recipes.grpo", "GRPO with programmable and verifiable rewards"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    return ("usage: posttrain <command> [-c CONFIG.yaml] [key.sub=value ...] [--help]\n\n"
+            "Post-training for language models.\n\ncommands:\n" + "\n".join(lines) +
+            "\n\nExample: posttrain grpo -c configs/grpo-arithmetic.yaml run.steps=10\n"
+            "`posttrain <command> --help` lists every option with its default.")
+
+
+def _parser(command: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"posttrain {command}", add_help=False)
+    parser.add_argument("-c", "--config", help="YAML config file")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue the run in RUN_DIR from its last valid checkpoint")
+    parser.add_argument("-h", "--help", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    return parser
+
+
+def _resume_overrides(run_dir: str) -> list[str]:
+    path = os.path.normpath(run_dir)
+    return [f"run.output_dir={os.path.dirname(path) or '.'}", f"run.name={os.path.basename(path)}",
+            "run.resume=true"]
+
+
+def run_command(command: str, argv: list[str]) -> Any:
+    module = importlib.import_module(COMMANDS[command][0])
+    args = _parser(command).parse_args(argv)
+    if args.help:
+        print(f"usage: posttrain {command} [-c CONFIG.yaml] [--resume RUN_DIR] [key.sub=value ...]\n\n"
+              f"{COMMANDS[command][1]}\n\n{(module.__doc__ or '').strip()}\n\noptions (key = default):"
+              f"{help_text(module.Config)}")
+        return None
+    overrides = list(args.overrides)
+    config_path = args.config
+    if args.resume:
+        saved = os.path.join(args.resume, "config.yaml")
+        config_path = config_path or (saved if os.path.exists(saved) else None)
+        overrides += _resume_overrides(args.resume)
+    config = load_config(module.Config, config_path, overrides)
+    return module.train(config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from posttrain import __version__
+
+        print(f"posttrain {__version__}")
+        return 0
+    command = argv[0]
+    if command not in COMMANDS:
+        import difflib
+
+        guess = difflib.get_close_matches(command, list(COMMANDS), n=1)
+        hint = f" Did you mean '{guess[0]}'?" if guess else ""
+        print(f"posttrain: unknown command '{command}'.{hint}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    warnings.filterwarnings("ignore", message=".*TRANSFORMERS_CACHE.*")
+    try:
+        result = run_command(command, argv[1:])
+    except PosttrainError as error:
+        print(f"posttrain {command}: error\n{error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"posttrain {command}: interrupted; resume with --resume <run dir>", file=sys.stderr)
+        return 130
+    if result is not None:
+        print(f"posttrain {command}: done -> {result}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,379 @@
+"""Typed configs: dataclass sections shared by every recipe, YAML files and dotted overrides.
+
+A recipe's ``Config`` is a dataclass whose fields are either plain values or sections
+(``model``, ``data``, ``optim``, ``run``, ``sampling``). The string literal written under a field
+is its documentation: ``posttrain <command> --help`` prints it with the default.
+
+``load_config(GRPOConfig, "configs/grpo.yaml", ["optim.lr=1e-5", "run.steps=20"])`` merges the
+file and the overrides, rejects unknown keys with the nearest valid key, converts types, checks
+ranges, and reports every problem in one ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import textwrap
+import types
+import typing
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from posttrain.errors import ConfigError
+
+C = TypeVar("C")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2-135m-instruct"
+    """Model to train: 'smollm2-135m-instruct' (embedded), an HF folder, a .gguf file or a hub name."""
+    dtype: str = "float32"
+    """Weights' dtype: float32 (with optional bf16 autocast, see `autocast`) or bfloat16."""
+    autocast: str = "bfloat16"
+    """Autocast dtype for forward/backward passes: bfloat16, or none for full fp32 compute."""
+    device: str = "auto"
+    """Device: auto (CUDA when present), cpu, or cuda."""
+    lora_rank: int = 0
+    """LoRA rank; 0 trains every weight."""
+    lora_alpha: float = 32.0
+    """LoRA scaling alpha."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA path."""
+    lora_targets: str = "all-linear"
+    """Modules that get adapters: 'all-linear' or a comma-separated list (q_proj,v_proj)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+
+
+@dataclass
+class DataConfig:
+    train: str = "arithmetic"
+    """Training data: a procedural task (arithmetic) or a file (.jsonl, .json, .csv, .parquet)."""
+    eval: str = ""
+    """Held-out data: a task or a file; empty uses the training task's test split."""
+    task: str = ""
+    """Task whose check() judges answers of file data (default: the task named in `train`)."""
+    train_size: int = 5000
+    """Rows drawn from a procedural task's train split."""
+    eval_size: int = 100
+    """Held-out rows evaluated (a procedural task's test split, or the first rows of a file)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Options of a procedural task, e.g. {style: tags, digits: 2, ops: [+]}."""
+    system_prompt: str = ""
+    """System message prepended to every prompt (empty: the chat template's default)."""
+    max_prompt_tokens: int = 256
+    """Longer prompts are an error naming the row."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-5
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.99
+    """AdamW beta2."""
+    schedule: str = "constant"
+    """Learning-rate schedule after warm-up: constant, linear or cosine (to zero)."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+    max_grad_norm: float = 1.0
+    """Clip the gradient norm to this value; 0 disables clipping."""
+    max_bad_steps: int = 5
+    """Abort after this many consecutive steps with a non-finite loss or gradient."""
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs"
+    """Folder holding run directories."""
+    name: str = ""
+    """Run name (default: <command>-<date>-<time>)."""
+    steps: int = 100
+    """Optimizer steps to train."""
+    seed: int = 0
+    """Seed for data order, sampling and initialisation."""
+    save_every: int = 0
+    """Save a checkpoint every N steps (0: only at the end)."""
+    keep_last: int = 2
+    """Checkpoints kept on disk."""
+    log_every: int = 1
+    """Log metrics every N steps."""
+    eval_every: int = 0
+    """Held-out evaluation every N steps (0: only before and after)."""
+    resume: bool = False
+    """Continue the run in run.output_dir/run.name from its last valid checkpoint."""
+    overwrite: bool = False
+    """Replace an existing run directory of the same name."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files."""
+    progress: bool = True
+    """Show a progress bar (a plain log line every few steps when not on a terminal)."""
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0
+    """Sampling temperature (0: greedy)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold."""
+    top_k: int = 0
+    """Top-k sampling (0: off)."""
+    max_new_tokens: int = 128
+    """Most tokens generated per completion."""
+    backend: str = "torch"
+    """Rollout engine: torch, or vllm (GPU, optional extra)."""
+    dtype: str = "bfloat16"
+    """Dtype of the rollout engine's copy of the weights (bfloat16 or float32)."""
+
+
+# ----------------------------------------------------------------------------- documentation
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The string literal written under each field of a dataclass (its own, not inherited)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, following in zip(body, [*body[1:], None]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                    and isinstance(following.value.value, str)):
+                docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def _is_section(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def help_text(cls: type, prefix: str = "") -> str:
+    """Every field as ``key = default  description``, sections indented under their name."""
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    lines = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if _is_section(tp):
+            lines.append(f"\n{prefix}{f.name}:")
+            lines.append(help_text(tp, prefix + f.name + "."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+        lines.append(f"  {prefix}{f.name} = {default!r}\n      {docs.get(f.name, '')}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML or command-line value to the field's type; raise ValueError with a reason."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, key)
+            except ValueError as error:
+                errors.append(str(error))
+        raise ValueError(errors[0] if errors else f"{value!r} does not fit {tp}")
+    if origin in (list, tuple):
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        if isinstance(value, str):
+            value = [v for v in (s.strip() for s in value.split(",")) if v]
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"expected a list, got {value!r}")
+        items = [_convert(v, item_tp, key) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise ValueError(f"expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(f"expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, dict | list):
+            raise ValueError(f"expected a string, got {value!r}")
+        return "" if value is None else str(value)
+    return value
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. optim.lr=1e-5)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _build(cls: type, data: dict[str, Any], path: str, problems: list[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{path}{key}"
+        if key not in hints or key not in names:
+            guess = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+            hint = f"; did you mean '{path}{guess[0]}'?" if guess else f"; valid keys: {', '.join(names)}"
+            problems.append(f"unknown key '{full}'{hint}")
+            continue
+        tp = hints[key]
+        if _is_section(tp):
+            if not isinstance(value, dict):
+                problems.append(f"'{full}' is a section: expected a mapping of its keys, got {value!r}")
+                continue
+            kwargs[key] = _build(tp, value, full + ".", problems)
+            continue
+        try:
+            kwargs[key] = _convert(value, tp, full)
+        except ValueError as error:
+            problems.append(f"'{full}': {error}")
+    for f in dataclasses.fields(cls):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if f.name not in kwargs and required:
+            problems.append(f"missing required key '{path}{f.name}'")
+    try:
+        return cls(**kwargs)
+    except TypeError as error:
+        problems.append(f"{path or 'config'}: {error}")
+        return None
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: invalid YAML ({getattr(error, 'problem', error)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None,
+                values: dict[str, Any] | None = None) -> C:
+    """Build ``cls`` from a YAML file, then a dict of values, then ``key.sub=value`` overrides."""
+    data: dict[str, Any] = read_yaml(path) if path else {}
+    for key, value in (values or {}).items():
+        _set_dotted(data, key, value)
+    for text in overrides or []:
+        _set_dotted(data, *_parse_override(text))
+    problems: list[str] = []
+    config = _build(cls, data, "", problems)
+    if config is not None:
+        problems.extend(validate(config))
+    if problems:
+        raise ConfigError(problems, source=str(path) if path else None)
+    return config
+
+
+# ----------------------------------------------------------------------------- validation
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "dtype": ("float32", "bfloat16", "float16"),
+    "autocast": ("bfloat16", "float16", "none"),
+    "schedule": ("constant", "linear", "cosine"),
+    "backend": ("torch", "vllm"),
+}
+_POSITIVE = {"lr", "steps", "max_new_tokens", "prompts_per_step", "micro_batch_size", "ppo_epochs",
+             "batch_size", "keep_last", "log_every", "max_length", "epochs"}
+_NON_NEGATIVE = {"beta", "weight_decay", "warmup_steps", "max_grad_norm", "save_every", "eval_every",
+                 "top_k", "lora_rank", "lora_dropout", "clip_eps_low", "clip_eps_high", "label_smoothing"}
+
+
+def validate(config: Any, path: str = "") -> list[str]:
+    """Range and choice checks by field name, then the config's own ``check()`` if it has one."""
+    problems: list[str] = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        key = f"{path}{f.name}"
+        if dataclasses.is_dataclass(value):
+            problems.extend(validate(value, key + "."))
+            continue
+        if f.name in _CHOICES and value not in _CHOICES[f.name]:
+            problems.append(f"'{key}' must be one of {', '.join(_CHOICES[f.name])}; got {value!r}")
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        if is_number and f.name in _POSITIVE and value <= 0:
+            problems.append(f"'{key}' must be > 0; got {value}")
+        if is_number and f.name in _NON_NEGATIVE and value < 0:
+            problems.append(f"'{key}' must be >= 0; got {value}")
+        if f.name == "temperature" and is_number and value < 0:
+            problems.append(f"'{key}' must be >= 0 (0 is greedy); got {value}")
+        if f.name == "top_p" and is_number and not 0 < value <= 1:
+            problems.append(f"'{key}' must be in (0, 1]; got {value}")
+    check = getattr(config, "check", None)
+    if callable(check):
+        problems.extend(f"{path}{p}" if path else p for p in check())
+    return problems
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A plain dict (for config.yaml in the run directory and checkpoint fingerprints)."""
+    return dataclasses.asdict(config)
+
+
+__all__ = [
+    "DataConfig", "ModelConfig", "OptimConfig", "RunConfig", "SamplingConfig", "field_docs", "help_text",
+    "load_config", "read_yaml", "to_dict", "validate",
+]

@@ -1,0 +1,244 @@
+"""What every recipe does around its own loop: policy, run directory, tracking, checkpoints, resume.
+
+A recipe calls ``load_policy`` and ``start_run`` before its loop, ``run.save(...)`` inside it and
+``run.finish(...)`` after it; the loop itself stays in the recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from posttrain.checkpoint import Checkpointer, find_resume_checkpoint
+from posttrain.config import ModelConfig, RunConfig, to_dict
+from posttrain.models import add_lora, count_parameters, load_model, load_tokenizer, resolve_device
+from posttrain.models import save_pretrained as save_hf
+from posttrain.tracking import Tracker, make_run_dir
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def load_policy(model_config: ModelConfig) -> tuple[nn.Module, Any, torch.device]:
+    """The trainable policy (full or LoRA), its tokenizer, and the device it lives on."""
+    device = resolve_device(model_config.device)
+    tokenizer = load_tokenizer(model_config.name)
+    model = load_model(model_config.name, dtype=model_config.dtype, device=str(device))
+    if model_config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if model_config.lora_rank > 0:
+        targets: list[str] | str = model_config.lora_targets
+        if targets != "all-linear":
+            targets = [t.strip() for t in targets.split(",") if t.strip()]
+        model = add_lora(model, rank=model_config.lora_rank, alpha=model_config.lora_alpha,
+                         dropout=model_config.lora_dropout, target_modules=targets)
+    model.train()
+    return model, tokenizer, device
+
+
+@dataclass
+class Run:
+    """A run in progress: its directory, tracker, checkpointer and where it (re)starts."""
+
+    dir: Path
+    tracker: Tracker
+    checkpointer: Checkpointer
+    config: Any
+    start_step: int = 0
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, step: int, model: nn.Module, optimizer: Any, scheduler: Any, state: dict[str, Any],
+             *, force: bool = False) -> None:
+        """Checkpoint every ``run.save_every`` steps (and whenever ``force``)."""
+        every = self.config.run.save_every
+        if force or (every > 0 and step % every == 0):
+            self.checkpointer.save(step, model, optimizer, scheduler, {**state, "step": step})
+
+    def finish(self, model: nn.Module, tokenizer: Any, summary: dict[str, Any] | None = None,
+               plot_keys: list[str] | None = None) -> Path:
+        """Write final/ (an HF folder), the plots and summary.md; return the run directory."""
+        save_hf(model, tokenizer, self.dir / "final")
+        self.tracker.close(summary=summary, plot_keys=plot_keys)
+        return self.dir
+
+
+def _warn_changed_config(run_dir: Path, new: dict[str, Any]) -> None:
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return
+    old = yaml.safe_load(path.read_text()) or {}
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    before, after = flat(old), flat(new)
+    changed = [k for k in sorted(set(before) | set(after))
+               if before.get(k) != after.get(k) and k not in ("run.resume", "run.steps")]
+    for key in changed:
+        warnings.warn(f"resuming {run_dir} with a changed config: {key} was {before.get(key)!r}, "
+                      f"now {after.get(key)!r}", stacklevel=3)
+
+
+def start_run(config: Any, recipe: str, model: nn.Module, optimizer: Any, scheduler: Any,
+              total_steps: int | None = None) -> Run:
+    """Create (or reopen with ``run.resume``) the run directory and restore the last checkpoint."""
+    run_config: RunConfig = config.run
+    run_dir = make_run_dir(run_config.output_dir, run_config.name or None, recipe,
+                           resume=run_config.resume, overwrite=run_config.overwrite)
+    checkpointer = Checkpointer(run_dir, keep_last=run_config.keep_last)
+    start_step, state = 0, {}
+    config_dict = to_dict(config)
+    if run_config.resume:
+        _warn_changed_config(run_dir, config_dict)
+        state = checkpointer.load(find_resume_checkpoint(run_dir), model, optimizer, scheduler)
+        start_step = int(state["step"])
+    tracker = Tracker(run_dir, total_steps=total_steps or run_config.steps, config=config_dict,
+                      resume_step=start_step, tensorboard=run_config.tensorboard,
+                      progress=run_config.progress, desc=recipe)
+    trainable, total = count_parameters(model)
+    print(f"[{recipe}] run dir {run_dir}; {trainable / 1e6:.1f}M of {total / 1e6:.1f}M parameters trainable"
+          + (f"; resuming after step {start_step}" if start_step else ""))
+    return Run(dir=run_dir, tracker=tracker, checkpointer=checkpointer, config=config,
+               start_step=start_step, state=state)
+
+
+def replace(config: Any, **changes: Any) -> Any:
+    """A copy of a config dataclass with some fields changed (sections copied, not shared)."""
+    return dataclasses.replace(config, **changes)
+
+
+def evaluate_and_log(run: Run, model: nn.Module, tokenizer: Any, rows: list[dict[str, Any]], task: Any,
+                     config: Any) -> Any:
+    """A function ``evaluate(step) -> metrics`` for held-out greedy evaluation with the task's check().
+
+    Metrics go to ``eval/`` in metrics.jsonl; per-problem results to ``eval/step-XXXXXX.jsonl``.
+    """
+    from posttrain.data.formats import write_jsonl
+    from posttrain.eval.evaluate import evaluate_rows
+
+    def evaluate(step: int) -> dict[str, float]:
+        if not rows or task is None:
+            return {}
+        was_training = model.training
+        model.eval()
+        started = __import__("time").perf_counter()
+        metrics, per_row = evaluate_rows(
+            model, tokenizer, rows, task, max_new_tokens=config.sampling.max_new_tokens,
+            system_prompt=config.data.system_prompt or None,
+            engine_options={"dtype": config.sampling.dtype})
+        model.train(was_training)
+        (run.dir / "eval").mkdir(exist_ok=True)
+        write_jsonl(per_row, run.dir / "eval" / f"step-{step:06d}.jsonl")
+        logged = {f"eval/{k}": v for k, v in metrics.items()}
+        logged["time/eval_s"] = __import__("time").perf_counter() - started
+        run.tracker.log(step, logged)
+        print(f"[eval] step {step}: accuracy {metrics['accuracy']:.1%}, format {metrics['format']:.1%}, "
+              f"mean length {metrics['mean_length']:.1f} tokens on {len(per_row)} held-out problems")
+        return metrics
+
+    return evaluate
+
+
+def log_rollout_samples(run: Run, step: int, rollouts: Any, scores: Any, rows: list[dict[str, Any]],
+                        advantages_N: torch.Tensor) -> None:
+    """Every rollout of the step to samples.jsonl: prompt, completion, each reward, advantage."""
+    samples = []
+    for i, text in enumerate(rollouts.texts):
+        row = rows[i]
+        prompt = row.get("prompt") if isinstance(row.get("prompt"), str) else (
+            (row.get("prompt") or row.get("messages") or [{}])[-1].get("content"))
+        sample = {"prompt": prompt, "completion": text, "reward": _float(scores.total[i]),
+                  "advantage": _float(advantages_N[i]), "finish_reason": rollouts.finish_reasons[i],
+                  "tokens": len(rollouts.completion_ids[i])}
+        sample.update({f"reward/{name}": _float(values[i]) for name, values in scores.per_fn.items()})
+        if "answer" in row:
+            sample["answer"] = row["answer"]
+        samples.append(sample)
+    run.tracker.log_samples(step, samples)
+
+
+def _float(value: Any) -> float | None:
+    number = float(value)
+    return None if number != number else number
+
+
+def eval_summary(recipe: str, before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """Held-out metrics before and after training, printed and returned for summary.md."""
+    summary = {f"eval_before/{k}": v for k, v in before.items()}
+    summary.update({f"eval_after/{k}": v for k, v in after.items()})
+    if before and after:
+        print(f"[{recipe}] held-out accuracy {before.get('accuracy', 0):.1%} -> "
+              f"{after.get('accuracy', 0):.1%}, format {before.get('format', 0):.1%} -> "
+              f"{after.get('format', 0):.1%}")
+    return summary
+
+
+@dataclass
+class Setup:
+    """Everything a recipe's loop needs, built the same way for every recipe by ``setup``."""
+
+    model: nn.Module
+    tokenizer: Any
+    device: torch.device
+    optimizer: Any
+    scheduler: Any
+    stepper: Any
+    run: Run
+    task: Any
+    train_rows: list[dict[str, Any]]
+    eval_rows: list[dict[str, Any]]
+    evaluate: Any
+    eval_before: dict[str, float]
+
+    def end_of_step(self, step: int, state: dict[str, Any]) -> None:
+        """Held-out evaluation every ``run.eval_every`` steps; checkpoint every ``run.save_every``."""
+        config = self.run.config
+        if config.run.eval_every and step % config.run.eval_every == 0 and step < config.run.steps:
+            self.evaluate(step)
+        self.run.save(step, self.model, self.optimizer, self.scheduler,
+                      {**state, "eval_before": self.eval_before}, force=step == config.run.steps)
+
+    def finish(self, recipe: str, plot_keys: list[str]) -> Path:
+        after = self.evaluate(self.run.config.run.steps)
+        summary = eval_summary(recipe, self.eval_before, after)
+        return self.run.finish(self.model, self.tokenizer, summary=summary, plot_keys=plot_keys)
+
+
+def setup(config: Any, recipe: str, train_kind: str, train_rows: list[dict[str, Any]] | None = None,
+          eval_rows: list[dict[str, Any]] | None = None) -> Setup:
+    """Seed, load data and the policy, build optimizer/schedule/stepper, open (or resume) the run,
+    and evaluate the starting policy on the held-out rows."""
+    from posttrain.data.sources import load_split, resolve_task
+    from posttrain.training import Stepper, build_optimizer, build_scheduler
+
+    seed_everything(config.run.seed)
+    task = resolve_task(config.data)
+    if train_rows is None:
+        train_rows = load_split(config.data, "train", train_kind, config.run.seed)
+    if eval_rows is None:
+        eval_rows = load_split(config.data, "eval", "prompts", config.run.seed)
+    model, tokenizer, device = load_policy(config.model)
+    optimizer = build_optimizer(model, config.optim)
+    scheduler = build_scheduler(optimizer, config.optim, config.run.steps)
+    stepper = Stepper(model, optimizer, scheduler, config.optim)
+    run = start_run(config, recipe, model, optimizer, scheduler)
+    evaluate = evaluate_and_log(run, model, tokenizer, eval_rows, task, config)
+    before = evaluate(0) if run.start_step == 0 else run.state.get("eval_before", {})
+    return Setup(model=model, tokenizer=tokenizer, device=device, optimizer=optimizer, scheduler=scheduler,
+                 stepper=stepper, run=run, task=task, train_rows=train_rows, eval_rows=eval_rows,
+                 evaluate=evaluate, eval_before=before)
