@@ -76,11 +76,16 @@ def token_logprobs(
         scored positions and 0 elsewhere, and ``entropy [N, T]`` of the predictive distribution at
         the same positions when ``with_entropy`` (else None).
     """
-    if score_mask is None:  # every attended token except the first one of each row
-        score_mask = attention_mask.long().cumsum(-1) > 1
-    score_mask = score_mask.bool() & attention_mask.bool()
+    packed = attention_mask.dim() == 4  # a block-diagonal mask of packed examples, [N, 1, T, T]
+    if score_mask is None:
+        if packed:
+            raise ValueError("packed batches need an explicit score_mask")
+        score_mask = attention_mask.long().cumsum(-1) > 1  # every attended token but the first
+    score_mask = score_mask.bool() if packed else score_mask.bool() & attention_mask.bool()
     score_mask[:, 0] = False  # the first token has no context to be predicted from
     if position_ids is None:  # positions count attended tokens, so left padding is handled too
+        if packed:
+            raise ValueError("packed batches need position_ids restarting at each example")
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     hidden_NTH = hidden_states(model, input_ids, attention_mask, position_ids=position_ids)
     # position t's token is predicted by the hidden state at t - 1

@@ -21,8 +21,7 @@ def build_reward_fns(
 ) -> list[tuple[str, Any, float]]:
     entries: list[tuple[str, Any]] = []
     if python_fns:
-        entries = [(getattr(fn, "__name__", f"reward_{i}"), fn) for i, fn in enumerate(python_fns)]
-        weights = weights if len(weights) == len(entries) else []
+        entries = [resolve_reward(fn) for fn in python_fns]
     else:
         for spec in specs:
             if spec in ("task_correct", "task_format"):
@@ -33,6 +32,8 @@ def build_reward_fns(
                 entries.append(resolve_reward(spec))
     if not entries:
         raise ConfigError("no reward functions: set `rewards` (e.g. [task_format, task_correct])")
+    if weights and len(weights) != len(entries):
+        raise ConfigError(f"reward_weights has {len(weights)} values for {len(entries)} reward functions")
     weights = weights or [1.0] * len(entries)
     return [(name, fn, float(w)) for (name, fn), w in zip(entries, weights)]
 

@@ -1,0 +1,244 @@
+"""Arithmetic problems "a op b" with exact, hack-resistant checking: the task GRPO learns first.
+
+Splits: each distinct problem (a, op, b) belongs to train or test by a stable hash (sha256 of
+"a op b"), so train and test never share a problem, whatever `ops`, `digits` or seed are asked for,
+and the split is the same on every machine and Python version. `rows` draws distinct problems from
+its split with `random.Random(seed)`; asking for more rows than the split holds is a ConfigError.
+
+Operands with `digits` digits: 2 means 10..99, 1 means 0..9; a (low, high) pair such as (1, 2)
+means 0..99 for curricula. Every problem of the split is equally likely. "-" may give negative
+answers.
+
+Styles and what counts as correct (`check` is the one judge, shared by rewards and evaluation):
+- "tags": exactly one `<answer>N</answer>` block with N an integer (ASCII digits, optional "-",
+  surrounding spaces allowed), nothing but whitespace after it; text before it is allowed.
+- "think": `<think>reasoning</think>` then one answer block as above and nothing else around them
+  (whitespace allowed); the reasoning must not be empty, so the bare skeleton earns nothing.
+- "plain": the last number in the completion (`posttrain.rewards.answers.last_number`).
+Leading zeros are accepted ("085" is 85): they are the right number written oddly, and they open
+no shortcut to the reward. Full-width or other look-alike digits are never numbers.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import random
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from posttrain.errors import ConfigError
+from posttrain.rewards.answers import extract_tag, last_number, parse_number
+
+OPS = ("+", "-", "*")
+STYLES = ("tags", "think", "plain")
+SPLITS = ("train", "test")
+MAX_DIGITS = 6  # products stay below 2**53, so float parsing of plain answers is exact
+_ENUMERATE_UP_TO = 200_000  # problems; enumerating and hashing them all takes well under a second
+_INTEGER = re.compile(r"-?[0-9]+")
+_ASCII_DIGIT = re.compile(r"[0-9]")
+_THINK_THEN_ANSWER = re.compile(r"\s*<think>(.*?)</think>\s*<answer>.*?</answer>\s*", re.DOTALL)
+_PROMPTS = {
+    "tags": "What is {q}? Give the final answer as a number inside <answer></answer> tags.",
+    "think": "What is {q}? Think step by step inside <think></think>, then give the final answer as a number "
+             "inside <answer></answer>.",
+    "plain": "What is {q}? Answer with just the number.",
+}
+
+Problem = tuple[int, str, int]
+Row = dict[str, Any]
+
+
+def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), allowed, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"arithmetic: unknown {what} {value!r}{hint} (choose from {', '.join(allowed)})")
+    return value
+
+
+def _digit_range(digits: int | tuple[int, int]) -> tuple[int, int]:
+    pair = (digits, digits) if isinstance(digits, int) else digits if isinstance(digits, list | tuple) else ()
+    if len(pair) != 2 or not all(type(d) is int for d in pair) or not 1 <= pair[0] <= pair[1] <= MAX_DIGITS:
+        raise ConfigError("arithmetic: digits must be an integer or a (low, high) pair within "
+                          f"1..{MAX_DIGITS}, got {digits!r}")
+    return pair[0], pair[1]
+
+
+def _operands(low: int, high: int) -> range:
+    return range(0 if low == 1 else 10 ** (low - 1), 10**high)
+
+
+def answer(problem: Problem) -> int:
+    a, op, b = problem
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def question(problem: Problem) -> str:
+    a, op, b = problem
+    return f"{a} {op} {b}"
+
+
+def split_of(problem: Problem, test_fraction: float = 0.1) -> str:
+    """"test" or "train", from a hash of the problem text: stable across runs, machines and options."""
+    digest = hashlib.sha256(question(problem).encode()).digest()
+    return "test" if int.from_bytes(digest[:8], "big") / 2**64 < test_fraction else "train"
+
+
+def _sample(n: int, seed: int, split: str, ops: tuple[str, ...], values: range,
+            test_fraction: float) -> list[Problem]:
+    """n distinct problems of the split, uniformly. A large split (compared with n) is sampled by
+    rejection; a small one is enumerated, which also gives its exact size for the n check."""
+    rng = random.Random(seed)
+    size = len(ops) * len(values) ** 2
+    expected = size * (test_fraction if split == "test" else 1 - test_fraction)
+    # Above _ENUMERATE_UP_TO the split's true size is within a fraction of a percent of `expected`,
+    # so asking for at most half of it always terminates quickly.
+    if size > _ENUMERATE_UP_TO and n <= expected / 2:
+        chosen: dict[Problem, None] = {}
+        while len(chosen) < n:
+            problem = (rng.choice(values), rng.choice(ops), rng.choice(values))
+            if split_of(problem, test_fraction) == split:
+                chosen[problem] = None
+        return list(chosen)
+    everything: Iterator[Problem] = ((a, op, b) for op in ops for a in values for b in values)
+    pool = [p for p in everything if split_of(p, test_fraction) == split]
+    if n > len(pool):
+        raise ConfigError(f"arithmetic: asked for {n} {split} rows but the {split} split holds only "
+                          f"{len(pool)} distinct problems (ops {', '.join(ops)}, operands {values.start}.."
+                          f"{values.stop - 1}); widen `digits` or `ops`, or ask for fewer rows")
+    return rng.sample(pool, n)
+
+
+def rows(n: int, seed: int, split: str = "train", *, ops: tuple[str, ...] | list[str] = ("+",),
+         digits: int | tuple[int, int] = 2, style: str = "tags", test_fraction: float = 0.1) -> list[Row]:
+    """n distinct problems from `split`: rows with `prompt` (one user message), `answer` (gold, e.g.
+    "85"), `question` ("47 + 38"), `style` and `_where` ("arithmetic:train[12]")."""
+    _choice(split, SPLITS, "split")
+    _choice(style, STYLES, "style")
+    ops = tuple(_choice(op, OPS, "op") for op in ops)
+    low, high = _digit_range(digits)
+    if not ops:
+        raise ConfigError("arithmetic: ops is empty; choose some of +, -, *")
+    if not 0 < test_fraction < 1:
+        raise ConfigError(f"arithmetic: test_fraction must be in (0, 1), got {test_fraction}")
+    if n < 0:
+        raise ConfigError(f"arithmetic: n must be >= 0, got {n}")
+    out = []
+    for i, problem in enumerate(_sample(n, seed, split, ops, _operands(low, high), test_fraction)):
+        text = _PROMPTS[style].format(q=question(problem))
+        out.append({"prompt": [{"role": "user", "content": text}], "answer": str(answer(problem)),
+                    "question": question(problem), "style": style, "_where": f"arithmetic:{split}[{i}]"})
+    return out
+
+
+def _answer_value(completion: str) -> int | None:
+    """The integer in the single answer block, or None when the block is missing, repeated or not
+    one integer."""
+    content = extract_tag(completion, "answer")
+    if content is None or _INTEGER.fullmatch(content) is None:
+        return None
+    return int(content)
+
+
+def format_ok(completion: str, row: Row) -> bool:
+    """Whether the completion has the shape its row's style asks for (see the module docstring)."""
+    style = row.get("style", "tags")
+    if style == "plain":
+        return _ASCII_DIGIT.search(completion) is not None
+    if _answer_value(completion) is None or not completion.rstrip().endswith("</answer>"):
+        return False
+    if style == "think":
+        if completion.count("<think>") != 1 or completion.count("</think>") != 1:
+            return False
+        match = _THINK_THEN_ANSWER.fullmatch(completion)
+        return match is not None and bool(match.group(1).strip())
+    return True
+
+
+def check(completion: str, row: Row) -> bool:
+    """Whether the completion answers the row correctly (format included for "tags" and "think")."""
+    gold = int(row["answer"])
+    if row.get("style", "tags") == "plain":
+        number = last_number(completion)
+        value = parse_number(number) if number is not None else None
+        return value is not None and value == gold
+    return format_ok(completion, row) and _answer_value(completion) == gold
+
+
+# ---------------------------------------------------------------- demonstrations
+
+
+def _digits_of(value: int) -> list[int]:
+    """Least significant digit first."""
+    return [int(d) for d in reversed(str(value))]
+
+
+def _addition_steps(a: int, b: int) -> list[str]:
+    steps, carry = [], 0
+    da, db = _digits_of(a), _digits_of(b)
+    for i in range(max(len(da), len(db))):
+        terms = [d[i] for d in (da, db) if i < len(d)] + ([carry] if carry else [])
+        total = sum(terms)
+        carry = total // 10
+        steps.append(f"{' + '.join(map(str, terms))} = {total}, write {total % 10}"
+                     + (f" carry {carry}" if carry else ""))
+    if carry:
+        steps.append(f"write the last carry {carry}")
+    return steps
+
+
+def _subtraction_steps(top: int, bottom: int) -> list[str]:
+    """Column subtraction of bottom from top (top >= bottom), borrows written out."""
+    steps, borrow = [], 0
+    dt, db = _digits_of(top), _digits_of(bottom)
+    for i, digit in enumerate(dt):
+        lower = db[i] if i < len(db) else 0
+        taken = " - 1" if borrow else ""  # the borrow the previous column took from this digit
+        value = digit - borrow - lower
+        if value < 0:
+            steps.append(f"{digit}{taken} - {lower} needs a borrow: {digit + 10}{taken} - {lower} = "
+                         f"{value + 10}, borrow 1")
+        else:
+            steps.append(f"{digit}{taken} - {lower} = {value}")
+        borrow = int(value < 0)
+    return steps
+
+
+def _multiplication_steps(a: int, b: int) -> list[str]:
+    """One partial product per non-zero digit of b (47 * 30 = 1410), then their sum."""
+    places = [digit * 10**i for i, digit in enumerate(_digits_of(b)) if digit] or [0]
+    steps = [f"{a} * {place} = {a * place}" for place in places]
+    if len(places) > 1:
+        steps.append(f"{' + '.join(str(a * place) for place in places)} = {a * b}")
+    return steps
+
+
+def solution(problem: Problem) -> str:
+    """The worked answer, digit by digit: carries for "+", borrows for "-", partial products for "*"."""
+    a, op, b = problem
+    if op == "+":
+        steps = _addition_steps(a, b)
+    elif op == "*":
+        steps = _multiplication_steps(a, b)
+    elif a >= b:
+        steps = _subtraction_steps(a, b)
+    else:
+        steps = [f"{b} is larger than {a}, so compute {b} - {a} and make it negative",
+                 *_subtraction_steps(b, a)]
+    return f"{'; '.join(steps)}. So {question(problem)} = {answer(problem)}."
+
+
+def sft_rows(n: int, seed: int, split: str = "train", style: str = "think", **options: Any) -> list[Row]:
+    """Demonstrations: rows(...) with `messages` = the user prompt and an assistant turn that works the
+    problem out and ends in the answer format of `style` (every one passes `check`)."""
+    out = []
+    for row in rows(n, seed, split, style=style, **options):
+        a, op, b = row["question"].split(" ")
+        worked = solution((int(a), op, int(b)))
+        reply = {"think": f"<think>{worked}</think>\n<answer>{row['answer']}</answer>",
+                 "tags": f"{worked}\n<answer>{row['answer']}</answer>", "plain": worked}[style]
+        prompt = row.pop("prompt")
+        out.append({"messages": [*prompt, {"role": "assistant", "content": reply}], **row})
+    return out
