@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import torch
 
 from posttrain.errors import ConfigError, RewardError
+from posttrain.rewards import code as code_rewards
 from posttrain.rewards import format as format_rewards
 from posttrain.rewards import math as math_rewards
 from posttrain.rewards.answers import completion_text
@@ -59,6 +60,7 @@ BUILTIN_REWARDS: dict[str, RewardFn] = {
     "exact_answer": format_rewards.exact_answer,
     "numeric_answer": format_rewards.numeric_answer,
     "math_verify_answer": math_rewards.math_verify_answer,
+    "code_tests": code_rewards.code_tests_reward,
 }
 
 

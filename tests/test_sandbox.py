@@ -1,0 +1,517 @@
+"""Adversarial suite for posttrain.sandbox: every attack ends as a clean failure, the host unharmed.
+
+These tests FAIL when bubblewrap is missing (a green run must prove the real isolation); set
+POSTTRAIN_ALLOW_NO_BWRAP_TESTS=1 on a laptop without it to skip the ones that execute code.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from posttrain.errors import ConfigError, SandboxError
+from posttrain.sandbox import (
+    Limits,
+    Program,
+    SandboxResult,
+    detect_layers,
+    isolation,
+    normalise_output,
+    require_isolation,
+    run_io_cases,
+    run_many,
+    run_program,
+    run_tests,
+    runner,
+)
+from posttrain.sandbox.seccomp import build_filter
+
+TIGHT = Limits(wall_s=1.5, cpu_s=1, memory_mb=256, max_processes=4, max_output_bytes=1 << 16,
+               max_file_bytes=1 << 20)  # fmt: skip
+ADD_TESTS = "def check(candidate):\n    assert candidate(2, 2) == 4\n    assert candidate(1, 2) == 3\n" \
+            "    for i in range(3):\n        assert candidate(i, 0) == i\n"  # fmt: skip
+ADD_OK = "def add(a, b):\n    return a + b\n"
+
+
+def _src(text: str) -> str:
+    return textwrap.dedent(text).lstrip("\n")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def bwrap() -> None:
+    if not detect_layers()["bwrap"]:
+        if os.environ.get("POSTTRAIN_ALLOW_NO_BWRAP_TESTS") == "1":
+            pytest.skip("bubblewrap missing and POSTTRAIN_ALLOW_NO_BWRAP_TESTS=1")
+        pytest.fail("bubblewrap is missing or broken: apt-get install -y bubblewrap "
+                    "(or set POSTTRAIN_ALLOW_NO_BWRAP_TESTS=1 on a developer laptop)")  # fmt: skip
+
+
+def _sandbox_processes() -> list[str]:
+    """Live (non-zombie) processes running as any sandbox uid."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        uid = int(fields.get("Uid", "0").split()[0])
+        if isolation.UID_BASE <= uid < isolation.UID_BASE + 65536 and "Z" not in fields.get("State", ""):
+            found.append(f"{entry.name} {fields.get('Name', '').strip()}")
+    return found
+
+
+def _leftover_cgroups() -> list[Path]:
+    folders = [isolation._own_cgroup(c) for c in ("memory", "pids")]
+    return [p for f in folders if f is not None for p in f.glob(f"posttrain-sandbox-{os.getpid()}-*")]
+
+
+# ---------------------------------------------------------------- correct, wrong, syntax
+
+
+def test_layers_in_force() -> None:
+    result = run_program("print(1)")
+    expected = {"bwrap", "seccomp", "rlimits"} | ({"uid"} if os.geteuid() == 0 else set())
+    assert expected <= set(result.layers) and set(result.layers) == set(require_isolation())
+    assert result.status == "passed" and result.stdout == "1\n" and result.reward == 1.0
+
+
+def test_program_reads_stdin_and_files() -> None:
+    source = "a, b = map(int, input().split())\nprint(a + b, open('data/x.txt').read())"
+    result = run_program(source, stdin="2 3\n", files={"data/x.txt": "hello"})
+    assert (result.status, result.stdout) == ("passed", "5 hello\n")
+
+
+def test_nonzero_exit_is_runtime_error() -> None:
+    result = run_program("import sys\nprint('PASSED')\nsys.exit(3)")
+    assert (result.status, result.reason, result.reward) == ("runtime_error", "exit code 3", 0.0)
+
+
+def test_humaneval_tests_pass_and_count_asserts() -> None:
+    result = run_tests(ADD_OK, ADD_TESTS, "add")
+    assert (result.status, result.passed_tests, result.total_tests) == ("passed", 3, 3)
+
+
+def test_wrong_answer_is_wrong_with_partial_count() -> None:
+    result = run_tests("def add(a, b):\n    return a * b\n", ADD_TESTS, "add")
+    # 2*2 == 4 passes, 1*2 == 3 fails and stops check(): 1 of 3 assert statements passed.
+    assert (result.status, result.passed_tests, result.total_tests) == ("wrong", 1, 3)
+    assert result.reason.startswith("AssertionError") and result.reward == 0.0
+
+
+def test_mbpp_shape_top_level_asserts() -> None:
+    tests = "assert add(1, 1) == 2\nassert add(-1, 1) == 0\n"
+    assert run_tests(ADD_OK, tests, None).status == "passed"
+    assert run_tests("def add(a, b):\n    return 0\n", tests, None).status == "wrong"
+
+
+def test_syntax_error() -> None:
+    for result in (run_program("def f(:\n"), run_tests("def add(a, b) return a", ADD_TESTS, "add")):
+        assert result.status == "syntax_error" and "SyntaxError" in result.reason
+
+
+def test_missing_entry_point_is_runtime_error() -> None:
+    result = run_tests("def plus(a, b):\n    return a + b\n", ADD_TESTS, "add")
+    assert result.status == "runtime_error" and "does not define 'add'" in result.reason
+
+
+def test_io_cases_whitespace_normalised_and_counted() -> None:
+    solution = "n = int(input())\nprint(n * 2, end='\\n\\n')"
+    result = run_io_cases(solution, [("1", "2"), ("5", " 10 "), ("7", "15")])
+    assert (result.status, result.passed_tests, result.total_tests) == ("wrong", 2, 3)
+    assert result.reason.startswith("case 2") and result.stdout == "14\n\n"
+    assert run_io_cases(solution, [("3", "6\n")]).status == "passed"
+    assert normalise_output(" 1  2\n3\n\n") == "1 2 3"
+
+
+def test_io_cases_each_case_gets_a_fresh_process() -> None:
+    solution = "import builtins\nprint(getattr(builtins, 'seen', 0))\nbuiltins.seen = 1"
+    assert run_io_cases(solution, [("", "0"), ("", "0")]).status == "passed"
+
+
+def test_run_many_keeps_order_and_mixes_jobs() -> None:
+    jobs = ["print('a')", Program(ADD_OK, test_code=ADD_TESTS, entry_point="add"), "raise ValueError('x')",
+            Program("print(input())", cases=[("q", "q")])]  # fmt: skip
+    results = run_many(jobs, TIGHT, max_workers=2)
+    assert [r.status for r in results] == ["passed", "passed", "runtime_error", "passed"]
+    assert results[0].stdout == "a\n" and results[2].reason == "ValueError: x"
+
+
+# ---------------------------------------------------------------- resource attacks
+
+
+def test_infinite_loop_times_out() -> None:
+    # A generous wall clock, so the CPU limit fires first even on a crowded machine.
+    result = run_program("while True:\n    pass", limits=Limits(wall_s=20, cpu_s=1))
+    assert result.status == "timeout" and "1 s CPU limit" in result.reason and result.duration_s < 19
+
+
+def test_sleep_past_the_wall_clock() -> None:
+    result = run_program("import time\ntime.sleep(60)", limits=TIGHT)
+    assert result.status == "timeout" and "1.5 s wall-clock" in result.reason and result.duration_s < 10
+
+
+def test_fork_bomb_is_contained_and_cleaned_up() -> None:
+    bomb = _src("""
+        import os
+        while True:
+            try:
+                os.fork()
+            except OSError:
+                pass
+    """)
+    result = run_program(bomb, limits=TIGHT)
+    assert result.status == "timeout" and result.reward == 0.0
+    assert _sandbox_processes() == [] and _leftover_cgroups() == []
+    assert run_program("print('fine')", limits=TIGHT).stdout == "fine\n"  # the machine still works
+
+
+def test_thread_and_process_count_is_limited() -> None:
+    source = _src("""
+        import os, time
+        n = 0
+        try:
+            for _ in range(50):
+                if os.fork() == 0:
+                    time.sleep(5)
+                    os._exit(0)
+                n += 1
+        except OSError:
+            pass
+        print(n)
+    """)
+    result = run_program(source, limits=TIGHT)
+    assert result.stdout == "3\n"  # max_processes=4 includes the program itself
+
+
+def test_memory_hog() -> None:
+    result = run_program("x = []\nwhile True:\n    x.append(bytearray(10**7))", limits=TIGHT)
+    assert result.status == "memory" and "256 MiB" in result.reason
+
+
+def test_memory_summed_over_processes_by_cgroup() -> None:
+    if "cgroup" not in run_program("pass").layers:
+        pytest.skip("no writable cgroup v1 memory+pids here: only per-process RLIMIT_AS applies")
+    # Three children of 200 MiB each: every one is under RLIMIT_AS, their sum is not.
+    source = _src("""
+        import os, time
+        for _ in range(3):
+            if os.fork() == 0:
+                x = bytearray(200 << 20)
+                x[::4096] = b"1" * len(x[::4096])
+                time.sleep(1)
+                os._exit(0)
+        while True:
+            try:
+                os.wait()
+            except ChildProcessError:
+                break
+    """)
+    result = run_program(source, limits=Limits(wall_s=5, memory_mb=256, max_processes=5))
+    assert result.status == "memory" and "cgroup" in result.reason
+
+
+def test_printing_gigabytes_is_bounded() -> None:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = run_program("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)", limits=TIGHT)
+    assert result.status == "runtime_error" and result.truncated
+    assert len(result.stdout) == TIGHT.max_output_bytes
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KiB
+
+
+# ---------------------------------------------------------------- escape attempts
+
+
+def test_writing_outside_the_sandbox(tmp_path: Path) -> None:
+    target = tmp_path / "pwned.txt"
+    source = _src(f"""
+        for p in ({str(target)!r}, "/usr/pwned", "/pwned", "/dev/pwned"):
+            try:
+                open(p, "w").write("x")
+                print("wrote", p)
+            except OSError as e:
+                print(type(e).__name__)
+    """)
+    result = run_program(source)
+    assert "wrote" not in result.stdout and not target.exists() and not Path("/usr/pwned").exists()
+
+
+def test_deleting_files_outside(tmp_path: Path) -> None:
+    canary = tmp_path / "canary.txt"
+    canary.write_text("alive")
+    source = _src(f"""
+        import os, shutil
+        for attack in (lambda: os.remove({str(canary)!r}), lambda: shutil.rmtree({str(tmp_path)!r}),
+                       lambda: os.remove("/usr/bin/python3")):
+            try:
+                attack()
+            except OSError:
+                pass
+    """)
+    run_program(source)
+    assert canary.read_text() == "alive" and Path("/usr/bin/python3").exists()
+
+
+def test_secrets_in_environment_and_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POSTTRAIN_TEST_SECRET", "s3cr3t-env")
+    secret_file = tmp_path / "secret.txt"
+    secret_file.write_text("s3cr3t-file")
+    source = _src(f"""
+        import os
+        print(dict(os.environ))
+        for p in ("/proc/self/environ", "/proc/1/environ", "/proc/%d/environ" % os.getppid(),
+                  {str(secret_file)!r}, "/etc/shadow"):
+            try:
+                print(open(p).read())
+            except OSError as e:
+                print(p, type(e).__name__)
+    """)
+    result = run_program(source)
+    assert result.status == "passed" and "FileNotFoundError" in result.stdout
+    assert "s3cr3t" not in result.stdout + result.stderr
+
+
+def test_network_to_a_loopback_server() -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    source = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\nprint('connected')"
+    result = run_program(source, limits=TIGHT)
+    server.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        server.accept()  # nothing ever connected
+    server.close()
+    assert result.status == "runtime_error" and result.reason.startswith("PermissionError")
+    assert "connected" not in result.stdout
+
+
+@pytest.mark.parametrize("how", [
+    "import posix\nposix.system({cmd!r})",
+    "import os\npid = os.posix_spawn('/bin/sh', ['sh', '-c', {cmd!r}], {{}})\nos.waitpid(pid, 0)",
+    "import subprocess\nprint(subprocess.run(['sh', '-c', {cmd!r}], capture_output=True, text=True).stdout)",
+])  # fmt: skip
+def test_spawning_a_shell_stays_inside(how: str, tmp_path: Path) -> None:
+    target = tmp_path / "shell.txt"
+    result = run_program(how.format(cmd=f"echo x > {target}; ls /; id -u"), limits=TIGHT)
+    assert result.status == "passed" and not target.exists()
+    listing = result.stdout.split()
+    assert "usr" in listing and "tmp" in listing and "etc" not in listing and "root" not in listing
+    assert (str(isolation.UID_BASE) in listing) == (os.geteuid() == 0)
+
+
+def test_killing_its_parent() -> None:
+    for source in ("import os\nos.kill(os.getppid(), 9)", "import os\nos.kill(1, 9)\nos.kill(-1, 9)"):
+        result = run_program(source, limits=TIGHT)
+        assert result.status == "runtime_error"
+    attack = "import os\nos.kill(os.getppid(), 9)\n" + ADD_OK
+    assert run_tests(attack, ADD_TESTS, "add").status == "runtime_error"
+
+
+# ---------------------------------------------------------------- verdict forgery
+
+
+EARLY_EXITS = ["import sys\nsys.exit(0)\n", "import os\nos._exit(0)\n", "raise SystemExit\n",
+               "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n"]  # fmt: skip
+
+
+@pytest.mark.parametrize("prefix", EARLY_EXITS)
+def test_exiting_before_the_tests_fails(prefix: str) -> None:
+    result = run_tests(prefix + ADD_OK, ADD_TESTS, "add")
+    assert result.status == "runtime_error" and result.reward == 0.0 and result.passed_tests == 0
+
+
+@pytest.mark.parametrize("patch", [
+    "import builtins\nbuiltins.AssertionError = type('Nope', (Exception,), {})\n",
+    "import builtins\nbuiltins.abs = lambda x: 0\n",
+    "import os\nos.getcwd = lambda: '/'\n",
+    "import sys\nsys.settrace(lambda *a: None)\n",
+    "import threading, time\nthreading.Thread(target=time.sleep, args=(3,)).start()\n",
+])  # fmt: skip
+def test_monkeypatching_the_runtime_fails(patch: str) -> None:
+    result = run_tests(patch + "def add(a, b):\n    return 0\n", ADD_TESTS, "add")
+    assert result.status == "wrong" and result.reason.startswith("SandboxViolation")
+
+
+def test_unprintable_exception_and_odd_exit_codes_fail() -> None:
+    bad_str = _src("""
+        class Boom(Exception):
+            def __str__(self):
+                raise RuntimeError("no")
+        raise Boom()
+    """)
+    result = run_program(bad_str)
+    assert (result.status, result.reason) == ("runtime_error", "Boom: (unprintable)")
+    odd_exit = _src("""
+        import os
+        class Code(int):
+            def __and__(self, other):
+                return 0
+        os._exit = lambda code: None
+        raise SystemExit(Code(7))
+    """)
+    assert run_program(odd_exit).status == "runtime_error"
+
+
+def test_harness_is_not_the_main_module() -> None:
+    spy = "import __main__\nprint(sorted(n for n in vars(__main__) if not n.startswith('__')))\nx = 1"
+    assert run_program(spy).stdout == "[]\n"
+
+
+def test_always_equal_object_fails() -> None:
+    source = _src("""
+        class Same(int):
+            def __eq__(self, other):
+                return True
+        def add(a, b):
+            return [Same(0)]
+    """)
+    tests = "def check(candidate):\n    assert candidate(1, 2) == [3]\n"
+    result = run_tests(source, tests, "add")
+    assert result.status == "wrong" and "returned a Same object" in result.reason
+
+
+def test_patched_module_is_reimported_fresh_for_the_tests() -> None:
+    source = "import math\nmath.isclose = lambda *a, **k: True\ndef area(r):\n    return 0.0\n"
+    tests = _src("""
+        def check(candidate):
+            import math
+            assert math.isclose(candidate(1.0), 3.14159, rel_tol=1e-3)
+    """)
+    assert run_tests(source, tests, "area").status == "wrong"
+
+
+def test_forged_verdict_lines_fail() -> None:
+    # Three "ok" lines (as many as the test has asserts) and "done" on every descriptor, a fake
+    # record line, then an exit before the real tests run: only the issued tokens count.
+    forge = _src("""
+        import os
+        fake = b"ok 0123456789abcdef\\nok 1123456789abcdef\\nok 2123456789abcdef\\ndone\\n"
+        fake += b"0" * 32 + b" {'runs': [], 'syntax_error': None}\\n"
+        for fd in range(64):
+            try:
+                os.write(fd, fake)
+            except OSError:
+                pass
+        print("PASSED all tests")
+    """)
+    result = run_tests(forge + "import os\nos._exit(0)\n", ADD_TESTS, "add")
+    assert result.status == "wrong" and "forged" in result.reason and result.passed_tests == 0
+    assert run_program(forge + "raise SystemExit(1)").status == "runtime_error"
+
+
+def test_record_needs_this_runs_sentinel() -> None:
+    line = b"abc {'runs': [], 'syntax_error': None}\n"
+    assert runner._parse_record(b"noise\n" + line, b"abc") == {"runs": [], "syntax_error": None}
+    assert runner._parse_record(line, b"abd") is None
+    assert runner._parse_record(b"abc __import__('os').system('id')\n", b"abc") is None
+
+
+def test_expected_outputs_stay_hidden() -> None:
+    # The marker is built at run time inside a function, so only a leak would put it in a container.
+    spy = _src("""
+        import gc, os
+        def scan(suffix):
+            key = input() + suffix
+            hits = [type(o).__name__ for o in gc.get_objects() if key in repr(o)]
+            for _, _, names in os.walk("/tmp"):
+                hits += names
+            return hits
+        print(scan("-answer-42") or "nothing")
+    """)
+    result = run_io_cases(spy, [("hidden", "hidden-answer-42")])
+    assert result.status == "wrong" and result.stdout == "nothing\n"
+
+
+# ---------------------------------------------------------------- policy, errors, units
+
+
+def test_missing_bwrap_is_refused_with_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = {**detect_layers(), "bwrap": False, "seccomp": False}
+    monkeypatch.setattr(isolation, "detect_layers", lambda: fake)
+    monkeypatch.delenv(isolation.UNSAFE_ENV, raising=False)
+    with pytest.raises(SandboxError, match=r"(?s)\['bwrap'\] required.*apt-get install -y bubblewrap"):
+        run_program("print(1)")
+    with pytest.raises(SandboxError, match="required but not available"):
+        run_many(["print(1)"])
+    with pytest.raises(SandboxError, match="required but not available"):
+        require_isolation()
+    assert "bwrap" not in require_isolation(())
+    with pytest.raises(SandboxError, match=r"unknown sandbox layer\(s\) \['docker'\]"):
+        run_program("print(1)", require=("docker",))
+
+
+def test_explicit_opt_out_reports_weaker_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = {**detect_layers(), "bwrap": False, "seccomp": False}
+    monkeypatch.setattr(isolation, "detect_layers", lambda: fake)
+    monkeypatch.setenv(isolation.UNSAFE_ENV, isolation.UNSAFE_VALUE)
+    result = run_program("print(6 * 7)")
+    assert result.stdout == "42\n" and "bwrap" not in result.layers and "rlimits" in result.layers
+
+
+def test_infrastructure_failure_is_sandbox_error_not_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = isolation.plan()
+    broken = isolation.Plan(layers=real.layers, python="/usr/bin/no-such-python", seccomp=real.seccomp,
+                            private_pids=real.private_pids)  # fmt: skip
+    monkeypatch.setattr(runner, "plan", lambda require=None: broken)
+    result = run_tests(ADD_OK, ADD_TESTS, "add")
+    assert result.status == "sandbox_error" and result.reward is None
+    assert result.reason.startswith("the sandbox did not start")
+
+
+def test_supervisor_failure_is_sandbox_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    bug = "def _compile(*a):\n    raise RuntimeError('boom')\n\n\ndef _unused("
+    monkeypatch.setattr(isolation, "_HARNESS", isolation._HARNESS.replace("def _compile(", bug))
+    result = run_program("print(1)")
+    assert result.status == "sandbox_error" and result.reward is None
+    assert result.reason == "the sandbox's supervisor failed: RuntimeError: boom"
+
+
+def test_tiny_output_limits_still_give_a_verdict() -> None:
+    flood = "import os\nos.write(3, b''.join(b'ok %032d\\n' % i for i in range(5000)))\n" + ADD_OK
+    tiny = Limits(max_output_bytes=16, max_file_bytes=16)
+    result = run_tests(flood, ADD_TESTS, "add", tiny)
+    assert result.status == "wrong" and "forged" in result.reason
+
+
+def test_bad_test_code_is_sandbox_error() -> None:
+    cases = {"def check(:": "does not parse", "def check(c):\n    c(1)\n": "no assert statement",
+             "assert add(1, 2) == 3\n": "defines no check()"}  # fmt: skip
+    for tests, message in cases.items():
+        result = run_tests(ADD_OK, tests, "add")
+        assert result.status == "sandbox_error" and message in result.reason and result.reward is None
+    assert run_io_cases("print(1)", []).reason == "no stdin/stdout cases to check"
+
+
+def test_limits_and_files_are_validated() -> None:
+    with pytest.raises(ConfigError, match=r"Limits.wall_s must be a number > 0, got 0"):
+        Limits(wall_s=0)
+    with pytest.raises(ConfigError, match=r"2 config errors.*\n.*memory_mb must be an int > 0, got 0.5"):
+        Limits(memory_mb=0.5, max_processes=-1)
+    with pytest.raises(ValueError, match=r"give test_code .* or cases .*, not both"):
+        run_many([Program("pass", test_code="assert 1", cases=[("", "")])])
+    with pytest.raises(ValueError, match=r"files: '\.\./x' must be a relative path"):
+        run_program("pass", files={"../x": "no"})
+
+
+def test_result_reward_mapping() -> None:
+    assert SandboxResult("passed").reward == 1.0 and SandboxResult("timeout").reward == 0.0
+    assert SandboxResult("sandbox_error").reward is None and not SandboxResult("wrong").passed
+
+
+def test_instrumentation_adds_one_token_per_assert() -> None:
+    source, tokens = runner.instrument_tests(ADD_TESTS, "OK")
+    assert len(tokens) == 3 and len(set(tokens)) == 3
+    assert all(f"OK('{t}')" in source for t in tokens)
+
+
+def test_seccomp_filter_shapes() -> None:
+    x86, arm = build_filter("x86_64"), build_filter("aarch64")
+    assert x86 is not None and arm is not None and len(x86) % 8 == 0 and len(arm) % 8 == 0
+    assert len(x86) == len(arm) + 2 * 8 + 2 * 8  # x32 check (2) and iopl/ioperm (2) only on x86_64
+    assert build_filter("riscv64") is None
