@@ -45,10 +45,11 @@ def _chunk_logprobs(head: nn.Module, hidden_MH: torch.Tensor, targets_M: torch.T
         logits_MV = logits_MV / temperature
     logprobs_MV = F.log_softmax(logits_MV, dim=-1)
     chosen_M = logprobs_MV.gather(-1, targets_M.unsqueeze(-1)).squeeze(-1)
-    if with_entropy:
-        entropy_M = -(logprobs_MV.exp() * logprobs_MV).sum(-1)
-    else:
-        entropy_M = torch.zeros_like(chosen_M)
+    entropy_M = torch.zeros_like(chosen_M)
+    if with_entropy:  # a metric: no gradient, so nothing of it is kept for the backward pass
+        with torch.no_grad():
+            detached = logprobs_MV.detach()
+            entropy_M = -(detached.exp() * detached).sum(-1)
     return chosen_M, entropy_M
 
 
@@ -93,7 +94,8 @@ def token_logprobs(
     hidden_MH = hidden_NTH[rows, cols - 1]
     targets_M = input_ids[rows, cols]
     head = unwrap(model).get_output_embeddings()
-    recompute = torch.is_grad_enabled() and hidden_MH.requires_grad
+    # one chunk's logits are kept for backward anyway; with several, each is recomputed instead
+    recompute = torch.is_grad_enabled() and hidden_MH.requires_grad and hidden_MH.shape[0] > chunk_size
     pieces_lp, pieces_ent = [], []
     for start in range(0, hidden_MH.shape[0], chunk_size):
         chunk = (head, hidden_MH[start:start + chunk_size], targets_M[start:start + chunk_size],

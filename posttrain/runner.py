@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 from posttrain.checkpoint import Checkpointer, find_resume_checkpoint
@@ -74,26 +72,6 @@ class Run:
         return self.dir
 
 
-def _warn_changed_config(run_dir: Path, new: dict[str, Any]) -> None:
-    path = run_dir / "config.yaml"
-    if not path.exists():
-        return
-    old = yaml.safe_load(path.read_text()) or {}
-
-    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
-
-    before, after = flat(old), flat(new)
-    changed = [k for k in sorted(set(before) | set(after))
-               if before.get(k) != after.get(k) and k not in ("run.resume", "run.steps")]
-    for key in changed:
-        warnings.warn(f"resuming {run_dir} with a changed config: {key} was {before.get(key)!r}, "
-                      f"now {after.get(key)!r}", stacklevel=3)
-
-
 def start_run(config: Any, recipe: str, model: nn.Module, optimizer: Any, scheduler: Any,
               total_steps: int | None = None) -> Run:
     """Create (or reopen with ``run.resume``) the run directory and restore the last checkpoint."""
@@ -103,8 +81,7 @@ def start_run(config: Any, recipe: str, model: nn.Module, optimizer: Any, schedu
     checkpointer = Checkpointer(run_dir, keep_last=run_config.keep_last)
     start_step, state = 0, {}
     config_dict = to_dict(config)
-    if run_config.resume:
-        _warn_changed_config(run_dir, config_dict)
+    if run_config.resume:  # the tracker warns about each changed config key
         state = checkpointer.load(find_resume_checkpoint(run_dir), model, optimizer, scheduler)
         start_step = int(state["step"])
     tracker = Tracker(run_dir, total_steps=total_steps or run_config.steps, config=config_dict,

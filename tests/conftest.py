@@ -26,3 +26,27 @@ def tiny_model(tokenizer: Any) -> torch.nn.Module:
     from posttrain.models import tiny_model as build
 
     return build(tokenizer, layers=2, hidden=64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> str:
+    """A tiny random model saved as an HF folder, so recipes can load it by path like any model."""
+    from posttrain.models import save_pretrained, tiny_model
+
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    save_pretrained(tiny_model(tokenizer, layers=2, hidden=64, seed=0), tokenizer, path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def peaked_tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> str:
+    """A tiny model whose final norm is scaled up so its next-token distribution is not uniform:
+    RL tests then see their reward move within a few dozen steps, as with a pretrained model."""
+    from posttrain.models import save_pretrained, tiny_model
+
+    model = tiny_model(tokenizer, layers=2, hidden=64, seed=0)
+    with torch.no_grad():
+        model.model.norm.weight.mul_(6.0)
+    path = tmp_path_factory.mktemp("peaked") / "model"
+    save_pretrained(model, tokenizer, path)
+    return str(path)

@@ -102,7 +102,7 @@ def test_missing_local_paths(name: str, message: str) -> None:
 
 
 def test_folder_without_config(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="has no config.json"):
+    with pytest.raises(ModelLoadError, match=r"has no config\.json"):
         load_model(str(tmp_path))
 
 

@@ -57,6 +57,7 @@ class RewardFn(Protocol):
 BUILTIN_REWARDS: dict[str, RewardFn] = {
     "think_answer_format": format_rewards.think_answer_format,
     "answer_tag_format": format_rewards.answer_tag_format,
+    "answer_tag_count": format_rewards.answer_tag_count,
     "exact_answer": format_rewards.exact_answer,
     "numeric_answer": format_rewards.numeric_answer,
     "math_verify_answer": math_rewards.math_verify_answer,

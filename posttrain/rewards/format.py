@@ -84,6 +84,21 @@ def answer_tag_format(prompts: list[Any], completions: list[Any], **kwargs: Any)
     return scores
 
 
+def answer_tag_count(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float | None]:
+    """Partial credit towards the answer format: 0.5 for exactly one `<answer>` and 0.5 for exactly
+    one `</answer>` after it (open-r1's tag-count reward, for answer tags alone).
+
+    A shaping reward for models that almost never produce the full format, so a group's samples
+    differ and GRPO gets a signal; evaluation still uses the strict format check."""
+    scores: list[float | None] = []
+    for completion in completions:
+        text = completion_text(completion)
+        opened = text.count(_ANSWER_OPEN) == 1
+        closed = text.count(_ANSWER_CLOSE) == 1 and text.find(_ANSWER_CLOSE) > text.find(_ANSWER_OPEN)
+        scores.append(0.5 * opened + 0.5 * (opened and closed))
+    return scores
+
+
 def exact_answer(
     prompts: list[Any], completions: list[Any], answer: list[Any] | None = None, **kwargs: Any
 ) -> list[float | None]:

@@ -117,3 +117,11 @@ def test_answer_column_errors(fn) -> None:  # type: ignore[no-untyped-def]
         fn(["p"], ["<answer>1</answer>"])
     with pytest.raises(ValueError, match=f"{name}: 2 gold answers for 1 completions"):
         fn(["p"], ["<answer>1</answer>"], answer=["1", "2"])
+
+
+def test_answer_tag_count_partial_credit() -> None:
+    from posttrain.rewards.format import answer_tag_count
+
+    completions = ["no tags", "inside <answer> tags", "<answer>5</answer>", "</answer><answer>",
+                   "<answer>1</answer><answer>2</answer>", "x <answer>7</answer> trailing"]
+    assert answer_tag_count([None] * 6, completions) == [0.0, 0.5, 1.0, 0.5, 0.0, 1.0]

@@ -1,0 +1,237 @@
+"""GRPO: group-relative policy optimisation with programmable and verifiable rewards.
+
+DeepSeekMath (arXiv:2402.03300), the RL stage of DeepSeek-R1-Zero (arXiv:2501.12948). Each step:
+
+1. take P prompts (``prompts_per_step``) from the training data;
+2. sample G completions for each (``samples_per_prompt``) with the rollout engine, keeping the
+   log-probs of the sampling policy;
+3. score every completion with the reward functions, weighted and summed;
+4. advantage of each completion = its reward minus its group's mean, divided by the group's std
+   (or the batch std, or nothing; or a leave-one-out baseline as in RLOO);
+5. μ times (``ppo_epochs``): the clipped surrogate with ε_low/ε_high plus β·KL(π‖π_ref), averaged
+   per sequence, per token or by a constant, summed over micro-batches, one optimizer step;
+6. log the rollouts and metrics, evaluate held-out problems with the task's own check() every
+   ``run.eval_every`` steps, checkpoint every ``run.save_every`` steps.
+
+Variants are configs, not code: Dr. GRPO, DAPO and RLOO are in ``configs/papers/``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from posttrain.advantages import group_advantages, zero_std_groups
+from posttrain.config import DataConfig, ModelConfig, OptimConfig, RunConfig, SamplingConfig
+from posttrain.data.chat import prompt_messages
+from posttrain.data.sources import DataOrder, resolve_task, reward_columns
+from posttrain.logprobs import token_logprobs
+from posttrain.losses import policy_loss
+from posttrain.models import ReferencePolicy
+from posttrain.rewards.base import score_completions
+from posttrain.rewards.setup import build_reward_fns, reward_metrics
+from posttrain.rollout import Rollouts, SamplingParams, generate
+from posttrain.runner import log_rollout_samples, setup
+from posttrain.training import Stepper, accumulate, autocast, micro_batches
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    prompts_per_step: int = 4
+    """P: prompts per step."""
+    samples_per_prompt: int = 8
+    """G: completions sampled per prompt (the group)."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward pass (gradients accumulate over the N = P·G sequences)."""
+    ppo_epochs: int = 1
+    """μ: optimizer steps per rollout batch, reusing the sampling policy's log-probs."""
+    rewards: list[str] = field(default_factory=lambda: ["task_format", "task_correct"])
+    """Reward functions: task_format, task_correct, a built-in name, or path/file.py:function."""
+    reward_weights: list[float] = field(default_factory=list)
+    """One weight per reward function (empty: all 1)."""
+    beta: float = 0.0
+    """KL coefficient β; 0 loads and runs no reference model."""
+    kl_estimator: str = "k3"
+    """KL estimator: k1, k2 or k3 (Schulman's unbiased, non-negative estimator)."""
+    reference: str = "frozen"
+    """Reference policy: frozen (a copy of the starting weights) or adapter (LoRA disabled)."""
+    clip_eps_low: float = 0.2
+    """ε_low: the ratio is clipped below at 1 - ε_low."""
+    clip_eps_high: float = 0.2
+    """ε_high: the ratio is clipped above at 1 + ε_high (DAPO's clip-higher: 0.28)."""
+    loss_agg: str = "sequence_mean"
+    """sequence_mean (DeepSeekMath), token_mean (DAPO) or constant (Dr. GRPO: / (N·max_new_tokens))."""
+    advantage_baseline: str = "mean"
+    """mean (group mean) or leave_one_out (RLOO)."""
+    advantage_scale: str = "group_std"
+    """group_std, batch_std, or none (Dr. GRPO)."""
+    filter_zero_std_groups: bool = False
+    """Leave groups whose rewards are all equal out of the loss (they carry no signal)."""
+    dynamic_sampling_rounds: int = 0
+    """DAPO dynamic sampling: extra sampling rounds to replace all-equal groups with fresh prompts."""
+    mask_truncated: bool = False
+    """Leave completions that hit max_new_tokens out of the loss (DAPO's overlong filtering)."""
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.samples_per_prompt < 2:
+            problems.append("samples_per_prompt must be >= 2: a group of one has no relative advantage")
+        if self.reward_weights and len(self.reward_weights) != len(self.rewards):
+            problems.append(f"reward_weights has {len(self.reward_weights)} values for "
+                            f"{len(self.rewards)} rewards")
+        choices = {"kl_estimator": ("k1", "k2", "k3"), "reference": ("frozen", "adapter"),
+                   "loss_agg": ("sequence_mean", "token_mean", "constant"),
+                   "advantage_baseline": ("mean", "leave_one_out"),
+                   "advantage_scale": ("group_std", "batch_std", "none")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                problems.append(f"'{key}' must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
+        return problems
+
+
+def _sample_groups(config: Config, model: Any, tokenizer: Any, rows: list[dict[str, Any]],
+                   reward_fns: list[Any]) -> tuple[Any, Any, list[dict[str, Any]]]:
+    """Steps 2-3 for a list of prompt rows: rollouts, their reward scores, one row per sample."""
+    G = config.samples_per_prompt
+    s = config.sampling
+    sampling = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                              max_new_tokens=s.max_new_tokens)
+    prompts = [prompt_messages(row, config.data.system_prompt or None) for row in rows]
+    rollouts = generate(model, tokenizer, prompts, n=G, sampling=sampling, backend=s.backend,
+                        max_prompt_tokens=config.data.max_prompt_tokens,
+                        engine_options={"dtype": s.dtype})
+    sample_rows = [rows[i // G] for i in range(len(rollouts))]
+    scores = score_completions(reward_fns, [prompts[i // G] for i in range(len(rollouts))],
+                               rollouts.texts, reward_columns(sample_rows))
+    return rollouts, scores, sample_rows
+
+
+def _concat(parts: list[tuple[Any, Any, list[dict[str, Any]]]]) -> tuple[Any, Any, list[dict[str, Any]]]:
+    """Several sampling rounds as one batch (dynamic sampling)."""
+    import dataclasses
+
+    first_r, first_s, _ = parts[0]
+    rollouts = Rollouts(**{f.name: [x for p in parts for x in getattr(p[0], f.name)]
+                           for f in dataclasses.fields(Rollouts) if f.name != "timing"},
+                        timing={k: sum(p[0].timing.get(k, 0.0) for p in parts) for k in first_r.timing})
+    per_fn = {k: torch.cat([p[1].per_fn[k] for p in parts]) for k in first_s.per_fn}
+    scores = dataclasses.replace(first_s, total=torch.cat([p[1].total for p in parts]), per_fn=per_fn)
+    return rollouts, scores, [row for p in parts for row in p[2]]
+
+
+def rollout_step(config: Config, model: Any, tokenizer: Any, next_rows: Callable[[], list[dict[str, Any]]],
+                 reward_fns: list[Any]) -> tuple[Any, Any, list[dict[str, Any]], torch.Tensor]:
+    """Sample, score and compute advantages; with dynamic sampling, refill all-equal groups."""
+    G = config.samples_per_prompt
+    parts = [_sample_groups(config, model, tokenizer, next_rows(), reward_fns)]
+    for _ in range(config.dynamic_sampling_rounds):
+        flat = torch.cat([p[1].total for p in parts])
+        n_informative = int((~zero_std_groups(flat, G)).sum())
+        if n_informative >= config.prompts_per_step:
+            break
+        parts.append(_sample_groups(config, model, tokenizer, next_rows(), reward_fns))
+    rollouts, scores, sample_rows = _concat(parts) if len(parts) > 1 else parts[0]
+    advantages_N = group_advantages(scores.total, G, baseline=config.advantage_baseline,
+                                    scale=config.advantage_scale)
+    return rollouts, scores, sample_rows, advantages_N
+
+
+def policy_update(config: Config, model: Any, stepper: Stepper, reference: ReferencePolicy | None,
+                  batch: dict[str, torch.Tensor], advantages_N: torch.Tensor,
+                  loss_mask_NT: torch.Tensor) -> dict[str, float]:
+    """Step 5: μ optimizer steps of the clipped objective over micro-batches of the rollout batch."""
+    temperature = config.sampling.temperature or 1.0
+
+    def logprobs_of(m: Any, rows: slice, entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        with autocast(config.model, batch["input_ids"].device):
+            return token_logprobs(m, batch["input_ids"][rows], batch["attention_mask"][rows],
+                                  batch["completion_mask"][rows], temperature=temperature,
+                                  with_entropy=entropy)
+
+    all_rows = list(micro_batches(loss_mask_NT.shape[0], config.micro_batch_size))
+    with torch.no_grad():
+        ref_NT = None
+        if reference is not None:
+            with reference.active() as ref_model:
+                ref_NT = torch.cat([logprobs_of(ref_model, rows)[0] for rows in all_rows])
+        # μ = 1: the sampling policy is the current one, its log-probs come from the same pass
+        old_NT = None
+        if config.ppo_epochs > 1:
+            old_NT = torch.cat([logprobs_of(model, rows)[0] for rows in all_rows])
+
+    def micro_loss(rows: slice) -> tuple[torch.Tensor, dict[str, float]]:
+        logprobs_NT, entropy_NT = logprobs_of(model, rows, entropy=True)
+        loss, metrics = policy_loss(
+            logprobs_NT, old_NT[rows] if old_NT is not None else logprobs_NT.detach(), advantages_N[rows],
+            loss_mask_NT[rows], clip_eps_low=config.clip_eps_low, clip_eps_high=config.clip_eps_high,
+            agg=config.loss_agg, max_tokens=config.sampling.max_new_tokens,
+            ref_logprobs=ref_NT[rows] if ref_NT is not None else None, beta=config.beta,
+            kl_estimator=config.kl_estimator)
+        mask = loss_mask_NT[rows]
+        metrics["entropy"] = float((entropy_NT * mask).sum() / mask.sum().clamp(min=1))
+        return loss, metrics
+
+    totals: dict[str, float] = {}
+    for _ in range(config.ppo_epochs):
+        for key, value in accumulate(stepper, loss_mask_NT, config.micro_batch_size, config.loss_agg,
+                                     micro_loss).items():
+            totals[key] = totals.get(key, 0.0) + value / config.ppo_epochs
+        totals.update(stepper.step())
+    return totals
+
+
+def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]] | None = None,
+          train_rows: list[dict[str, Any]] | None = None,
+          eval_rows: list[dict[str, Any]] | None = None) -> Path:
+    """Run GRPO; Python reward functions and rows override the config's. Returns the run directory."""
+    rewards = build_reward_fns(config.rewards, config.reward_weights, resolve_task(config.data), reward_fns)
+    s = setup(config, "grpo", "prompts", train_rows, eval_rows)
+    reference = ReferencePolicy(s.model, config.reference) if config.beta > 0 else None
+    P, G = config.prompts_per_step, config.samples_per_prompt
+    print(f"[grpo] N = P·G = {P}·{G} = {P * G} sequences per step, "
+          f"{-(-P * G // config.micro_batch_size)} micro-batches of {config.micro_batch_size}, "
+          f"μ = {config.ppo_epochs}, ≤ {config.sampling.max_new_tokens} new tokens, β = {config.beta}, "
+          f"{len(s.train_rows)} training prompts, {len(s.eval_rows)} held-out")
+    order = DataOrder(s.train_rows, config.run.seed, used=s.run.state.get("rows_used", 0))
+    for step in range(s.run.start_step + 1, config.run.steps + 1):
+        started = time.perf_counter()
+        s.model.eval()
+        rollouts, scores, sample_rows, advantages_N = rollout_step(
+            config, s.model, s.tokenizer, lambda: order.take(P), rewards)
+        rollout_s = time.perf_counter() - started
+        s.model.train()
+        batch = rollouts.to_batch(s.tokenizer.pad_token_id, s.device)
+        loss_mask_NT = batch["completion_mask"].float()
+        if config.filter_zero_std_groups:
+            informative_N = (~zero_std_groups(scores.total, G)).repeat_interleave(G).to(s.device)
+            loss_mask_NT = loss_mask_NT * informative_N[:, None]
+        truncated_N = torch.tensor([r == "length" for r in rollouts.finish_reasons], device=s.device)
+        if config.mask_truncated:
+            loss_mask_NT = loss_mask_NT * (~truncated_N)[:, None]
+        update = policy_update(config, s.model, s.stepper, reference, batch, advantages_N.to(s.device),
+                               loss_mask_NT)
+        metrics = {k if k.startswith("train/") else f"policy/{k}": v for k, v in update.items()}
+        metrics["train/loss"] = metrics.pop("policy/loss", 0.0)
+        metrics.update(reward_metrics(scores))
+        metrics.update({
+            "rollout/completion_len": sum(map(len, rollouts.completion_ids)) / len(rollouts),
+            "rollout/frac_zero_std_groups": float(zero_std_groups(scores.total, G).float().mean()),
+            "rollout/clipped_ratio": float(truncated_N.float().mean()),
+            "rollout/tokens_per_s": rollouts.timing.get("tokens_per_s", 0.0),
+            "time/rollout_s": rollout_s, "time/update_s": time.perf_counter() - started - rollout_s,
+        })
+        s.run.tracker.log(step, metrics)
+        log_rollout_samples(s.run, step, rollouts, scores, sample_rows, advantages_N)
+        s.end_of_step(step, {"rows_used": order.used})
+    return s.finish("grpo", plot_keys=["rollout/reward", "eval/accuracy", "eval/format", "policy/kl",
+                                       "rollout/completion_len", "train/loss"])

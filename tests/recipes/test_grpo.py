@@ -1,0 +1,100 @@
+"""GRPO end to end on a tiny model: learning, rollout logging, resume, reward errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from posttrain.config import load_config
+from posttrain.errors import ConfigError, RewardError
+from posttrain.recipes import grpo
+from posttrain.tracking import read_metrics
+
+
+def _config(tiny_model_dir: str, out: Path, *overrides: str) -> grpo.Config:
+    return load_config(grpo.Config, None, [
+        f"model.name={tiny_model_dir}", "model.autocast=none", f"run.output_dir={out}", "run.name=t",
+        "run.progress=false", "run.steps=4", "prompts_per_step=2", "samples_per_prompt=4",
+        "micro_batch_size=4", "sampling.max_new_tokens=6", "sampling.dtype=float32", "optim.lr=1e-3",
+        "data.train=arithmetic", "data.train_size=40", "data.eval_size=2", *overrides])
+
+
+def vowel_start(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
+    """Easy to learn for a random model: does the completion start with a lower-case vowel?"""
+    texts = [c if isinstance(c, str) else c[0]["content"] for c in completions]
+    return [1.0 if t[:1] in "aeiou" and t[:1] else 0.0 for t in texts]
+
+
+def test_reward_rises_on_tiny_model(peaked_tiny_model_dir: str, tmp_path: Path) -> None:
+    config = _config(peaked_tiny_model_dir, tmp_path, "run.steps=20", "prompts_per_step=4",
+                     "samples_per_prompt=8", "micro_batch_size=16", "sampling.max_new_tokens=3",
+                     "optim.lr=3e-3",
+                     "data.eval_size=0")
+    run_dir = grpo.train(config, reward_fns=[vowel_start])
+    rewards = [m["rollout/reward"] for m in read_metrics(run_dir) if "rollout/reward" in m]
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert last > first + 0.4, f"reward did not rise: first steps {rewards[:5]}, last {rewards[-5:]}"
+    entropies = [m["policy/entropy"] for m in read_metrics(run_dir) if "policy/entropy" in m]
+    assert entropies[-1] < entropies[0]
+
+
+def test_run_directory_contents(tiny_model_dir: str, tmp_path: Path) -> None:
+    run_dir = grpo.train(_config(tiny_model_dir, tmp_path, "run.steps=2"))
+    for name in ("config.yaml", "metrics.jsonl", "samples.jsonl", "summary.md", "final/config.json"):
+        assert (run_dir / name).exists(), name
+    assert list((run_dir / "plots").glob("*.png"))
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 * 2 * 4  # every rollout of every step
+    assert {"prompt", "completion", "reward", "advantage", "reward/task_correct", "answer"} <= set(samples[0])
+    metrics = read_metrics(run_dir)
+    keys = set().union(*metrics)
+    for key in ("rollout/reward", "rollout/frac_zero_std_groups", "rollout/clipped_ratio", "policy/entropy",
+                "train/grad_norm", "eval/accuracy", "eval/format", "time/rollout_s"):
+        assert key in keys, key
+
+
+def test_killed_run_resumes_to_same_weights(tiny_model_dir: str, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    full = grpo.train(_config(tiny_model_dir, tmp_path / "a", "run.steps=4", "run.save_every=2",
+                              "data.eval_size=0"))
+    first_half = _config(tiny_model_dir, tmp_path / "b", "run.steps=4", "run.save_every=2",
+                         "data.eval_size=0")
+    # simulate a kill after step 2: run only 2 steps of a 4-step schedule, then resume
+    first_half.run.steps = 2
+    grpo.train(first_half)
+    resumed = _config(tiny_model_dir, tmp_path / "b", "run.steps=4", "run.save_every=2", "data.eval_size=0",
+                      "run.resume=true")
+    resumed_dir = grpo.train(resumed)
+    want = load_file(str(full / "final" / "model.safetensors"))
+    got = load_file(str(resumed_dir / "final" / "model.safetensors"))
+    assert want.keys() == got.keys()
+    assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_beta_loads_reference_and_logs_kl(tiny_model_dir: str, tmp_path: Path) -> None:
+    run_dir = grpo.train(_config(tiny_model_dir, tmp_path, "run.steps=2", "beta=0.1", "data.eval_size=0"),
+                         reward_fns=[vowel_start])
+    kls = [m["policy/kl"] for m in read_metrics(run_dir) if "policy/kl" in m]
+    assert len(kls) == 2 and all(k >= 0 for k in kls)
+
+
+def test_raising_reward_names_function(tiny_model_dir: str, tmp_path: Path) -> None:
+    def broken(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
+        raise KeyError("no such column")
+
+    with pytest.raises(RewardError, match="broken"):
+        grpo.train(_config(tiny_model_dir, tmp_path, "run.steps=1", "data.eval_size=0"), reward_fns=[broken])
+
+
+def test_config_errors() -> None:
+    with pytest.raises(ConfigError, match="samples_per_prompt must be >= 2"):
+        load_config(grpo.Config, None, ["samples_per_prompt=1"])
+    with pytest.raises(ConfigError, match="'loss_agg' must be one of sequence_mean, token_mean, constant"):
+        load_config(grpo.Config, None, ["loss_agg=mean"])
+    with pytest.raises(ConfigError, match="reward_weights has 1 values for 2 rewards"):
+        load_config(grpo.Config, None, ["reward_weights=[1.0]"])
