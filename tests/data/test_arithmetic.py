@@ -224,3 +224,17 @@ def test_every_demonstration_passes_check(style: str) -> None:
     if style == "think":
         assert first.startswith("<think>")
         assert first.endswith(f"</think>\n<answer>{demos[0]['answer']}</answer>")
+
+
+def test_demo_fraction_is_a_train_only_curriculum() -> None:
+    train = arithmetic.rows(200, seed=3, split="train", demo_fraction=0.5)
+    with_demo = [r for r in train if len(r["prompt"]) == 3]
+    assert 60 < len(with_demo) < 140
+    user, reply, question = with_demo[0]["prompt"]
+    assert reply["role"] == "assistant" and arithmetic.format_ok(reply["content"], with_demo[0])
+    assert question["content"].startswith(f"What is {with_demo[0]['question']}?")
+    assert user["content"] != question["content"]
+    test = arithmetic.rows(50, seed=3, split="test", demo_fraction=1.0)
+    assert all(len(r["prompt"]) == 1 for r in test)  # held-out prompts stay zero-shot
+    with pytest.raises(ConfigError, match=r"demo_fraction must be in \[0, 1\], got 1.5"):
+        arithmetic.rows(2, seed=0, demo_fraction=1.5)

@@ -112,9 +112,15 @@ def _sample(n: int, seed: int, split: str, ops: tuple[str, ...], values: range,
 
 
 def rows(n: int, seed: int, split: str = "train", *, ops: tuple[str, ...] | list[str] = ("+",),
-         digits: int | tuple[int, int] = 2, style: str = "tags", test_fraction: float = 0.1) -> list[Row]:
+         digits: int | tuple[int, int] = 2, style: str = "tags", test_fraction: float = 0.1,
+         demo_fraction: float = 0.0) -> list[Row]:
     """n distinct problems from `split`: rows with `prompt` (one user message), `answer` (gold, e.g.
-    "85"), `question` ("47 + 38"), `style` and `_where` ("arithmetic:train[12]")."""
+    "85"), `question` ("47 + 38"), `style` and `_where` ("arithmetic:train[12]").
+
+    `demo_fraction` is a training curriculum: that fraction of TRAIN prompts starts with one solved
+    example (another train problem and its reply in the answer format), so a model that never
+    writes the format on its own sometimes does, and RL gets a signal. Test prompts are always
+    zero-shot, so held-out figures before and after training are measured on the same prompt."""
     _choice(split, SPLITS, "split")
     _choice(style, STYLES, "style")
     ops = tuple(_choice(op, OPS, "op") for op in ops)
@@ -125,12 +131,26 @@ def rows(n: int, seed: int, split: str = "train", *, ops: tuple[str, ...] | list
         raise ConfigError(f"arithmetic: test_fraction must be in (0, 1), got {test_fraction}")
     if n < 0:
         raise ConfigError(f"arithmetic: n must be >= 0, got {n}")
+    if not 0 <= demo_fraction <= 1:
+        raise ConfigError(f"arithmetic: demo_fraction must be in [0, 1], got {demo_fraction}")
+    problems = _sample(n, seed, split, ops, _operands(low, high), test_fraction)
+    demo_rng = random.Random(f"demo-{seed}")
     out = []
-    for i, problem in enumerate(_sample(n, seed, split, ops, _operands(low, high), test_fraction)):
-        text = _PROMPTS[style].format(q=question(problem))
-        out.append({"prompt": [{"role": "user", "content": text}], "answer": str(answer(problem)),
+    for i, problem in enumerate(problems):
+        prompt = [{"role": "user", "content": _PROMPTS[style].format(q=question(problem))}]
+        if split == "train" and demo_fraction > 0 and demo_rng.random() < demo_fraction:
+            prompt = [*_demonstration(problems[(i + 1) % len(problems)], style), *prompt]
+        out.append({"prompt": prompt, "answer": str(answer(problem)),
                     "question": question(problem), "style": style, "_where": f"arithmetic:{split}[{i}]"})
     return out
+
+
+def _demonstration(problem: Problem, style: str) -> list[dict[str, str]]:
+    """One solved example as a user turn and an assistant turn in the answer format of `style`."""
+    reply = {"tags": f"<answer>{answer(problem)}</answer>", "plain": str(answer(problem)),
+             "think": f"<think>{solution(problem)}</think>\n<answer>{answer(problem)}</answer>"}[style]
+    return [{"role": "user", "content": _PROMPTS[style].format(q=question(problem))},
+            {"role": "assistant", "content": reply}]
 
 
 def _answer_value(completion: str) -> int | None:
