@@ -44,9 +44,11 @@ def test_resolve_builtins_and_callables() -> None:
     assert set(BUILTIN_REWARDS) == {
         "think_answer_format",
         "answer_tag_format",
+        "answer_tag_count",
         "exact_answer",
         "numeric_answer",
         "math_verify_answer",
+        "code_tests",
     }
 
     def mine(prompts: list, completions: list, **kwargs: Any) -> list[float]:

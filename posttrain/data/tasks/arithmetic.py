@@ -146,8 +146,13 @@ def rows(n: int, seed: int, split: str = "train", *, ops: tuple[str, ...] | list
 
 
 def _demonstration(problem: Problem, style: str) -> list[dict[str, str]]:
-    """One solved example as a user turn and an assistant turn in the answer format of `style`."""
-    reply = {"tags": f"<answer>{answer(problem)}</answer>", "plain": str(answer(problem)),
+    """One solved example as a user turn and an assistant turn in the answer format of `style`.
+
+    The "tags" reply states the sum before tagging it ("35 + 47 = 82" then the tag): this model
+    adds far better when it writes the equation first (greedy, 48 test problems: 31% correct vs
+    2% with a bare tag)."""
+    reply = {"tags": f"{question(problem)} = {answer(problem)}\n<answer>{answer(problem)}</answer>",
+             "plain": str(answer(problem)),
              "think": f"<think>{solution(problem)}</think>\n<answer>{answer(problem)}</answer>"}[style]
     return [{"role": "user", "content": _PROMPTS[style].format(q=question(problem))},
             {"role": "assistant", "content": reply}]
