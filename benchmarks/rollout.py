@@ -26,6 +26,10 @@ import os
 import time
 from typing import Any
 
+# Idle OpenMP threads sleep instead of spinning: on a machine shared with other jobs, spinning
+# barriers stalled every small op (measured 25-60x slower generate); it applies to HF and to us.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import torch
 
 from posttrain.models import EMBEDDED_DEFAULT, load_model, load_tokenizer
