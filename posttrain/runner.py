@@ -103,7 +103,7 @@ def evaluate_and_log(run: Run, model: nn.Module, tokenizer: Any, rows: list[dict
                      config: Any) -> Any:
     """A function ``evaluate(step) -> metrics`` for held-out greedy evaluation with the task's check().
 
-    Metrics go to ``eval/`` in metrics.jsonl; per-problem results to ``eval/step-XXXXXX.jsonl``.
+    Metrics go to ``eval/`` in metrics.jsonl; per-problem results to ``eval/step-000040.jsonl`` (step number, 6 digits).
     """
     from posttrain.data.formats import write_jsonl
     from posttrain.eval.evaluate import evaluate_rows
