@@ -103,16 +103,18 @@ def evaluate_and_log(run: Run, model: nn.Module, tokenizer: Any, rows: list[dict
                      config: Any) -> Any:
     """A function ``evaluate(step) -> metrics`` for held-out greedy evaluation with the task's check().
 
-    Metrics go to ``eval/`` in metrics.jsonl; per-problem results to ``eval/step-000040.jsonl`` (step number, 6 digits).
+    Metrics go to ``eval/`` in metrics.jsonl; per-problem results to ``eval/step-000040.jsonl``.
     """
     from posttrain.data.formats import write_jsonl
     from posttrain.eval.evaluate import evaluate_rows
+    from posttrain.rollout import sync_weights
 
     def evaluate(step: int) -> dict[str, float]:
         if not rows or task is None:
             return {}
         was_training = model.training
         model.eval()
+        sync_weights(model)  # fused optimizers update in place without bumping version counters
         started = __import__("time").perf_counter()
         metrics, per_row = evaluate_rows(
             model, tokenizer, rows, task, max_new_tokens=config.sampling.max_new_tokens,

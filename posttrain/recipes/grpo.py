@@ -35,7 +35,7 @@ from posttrain.losses import policy_loss
 from posttrain.models import ReferencePolicy
 from posttrain.rewards.base import score_completions
 from posttrain.rewards.setup import build_reward_fns, reward_metrics
-from posttrain.rollout import Rollouts, SamplingParams, generate
+from posttrain.rollout import Rollouts, SamplingParams, generate, sync_weights
 from posttrain.runner import log_rollout_samples, setup
 from posttrain.training import Stepper, accumulate, autocast, micro_batches
 
@@ -206,6 +206,7 @@ def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]]
     for step in range(s.run.start_step + 1, config.run.steps + 1):
         started = time.perf_counter()
         s.model.eval()
+        sync_weights(s.model)  # the engine's bf16 copy: fused AdamW leaves version counters alone
         rollouts, scores, sample_rows, advantages_N = rollout_step(
             config, s.model, s.tokenizer, lambda: order.take(P), rewards)
         rollout_s = time.perf_counter() - started

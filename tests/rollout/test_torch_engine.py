@@ -303,3 +303,22 @@ def test_vllm_backend_without_vllm_names_the_extra(tiny_model: Any, tokenizer: A
         pytest.skip("vllm is installed here")
     with pytest.raises(ConfigError, match=r"pip install posttrain\[vllm\]"):
         generate(tiny_model, tokenizer, ["hi"], 1, SamplingParams(), backend="vllm")
+
+
+def test_bf16_copy_follows_fused_adamw_after_sync_weights(tokenizer: Any) -> None:
+    """Fused AdamW updates weights without bumping version counters, so recipes call sync_weights
+    after optimizer steps; without it the bf16 copy would keep sampling the old weights."""
+    from posttrain.models import tiny_model
+
+    model = tiny_model(tokenizer, seed=4)
+    greedy = SamplingParams(temperature=0, max_new_tokens=5)
+    before = generate(model, tokenizer, ["hello"], n=1, sampling=greedy, engine_options={"dtype": "bfloat16"})
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.5, fused=True)
+    model(input_ids=torch.tensor([[1, 2, 3]])).logits.sum().backward()
+    optimizer.step()
+    sync_weights(model)
+    after = generate(model, tokenizer, ["hello"], n=1, sampling=greedy, engine_options={"dtype": "bfloat16"})
+    reference = generate(model, tokenizer, ["hello"], n=1, sampling=greedy,
+                         engine_options={"dtype": "float32"})
+    assert after.completion_ids != before.completion_ids
+    assert after.completion_ids == reference.completion_ids
