@@ -2,15 +2,17 @@
 
 What is compared: the same GRPO run done by both libraries on the embedded SmolLM2-135M-Instruct
 (fp32 weights, our converted HF folder), on the same arithmetic prompts in the same order
-(``arithmetic.rows(..., style="tags")`` shuffled by posttrain's ``DataOrder``; TRL gets exactly that
-sequence with ``shuffle_dataset=False``), with the same rewards (the task's own ``format_ok`` and
-``check`` as TRL-signature functions, weights 1), P prompts x G samples per optimizer step, at most
-``--max-new-tokens`` new tokens, temperature 1 (top-p 1, no top-k), learning rate 1e-5 constant,
-AdamW (0.9, 0.99), gradient clipping at 1, clip ε 0.2, μ = 1, β = 0 (no reference model),
-group-std advantages and per-sequence loss averaging (TRL ``loss_type="grpo"``; its default is
-``"dapo"``, so it is set explicitly), and the same micro-batch size (sequences per forward/backward;
-TRL's ``per_device_train_batch_size`` with ``gradient_accumulation_steps`` = N / micro so that one
-optimizer step sees exactly N = P·G samples from one generation of all N).
+(``arithmetic.rows(..., style="tags", shots=1)``: one solved example as a previous turn, as in the
+main job, so that rewards vary and both curves mean something; shuffled by posttrain's
+``DataOrder``; TRL gets exactly that sequence with ``shuffle_dataset=False``), with the same rewards
+(the task's own ``format_ok`` and ``check`` as TRL-signature functions, weights 1), P prompts x G
+samples per optimizer step, at most ``--max-new-tokens`` new tokens, temperature 1 (top-p 1, no
+top-k), learning rate 1e-5 constant, AdamW (0.9, 0.99), gradient clipping at 1, clip ε 0.2, μ = 1, β
+= 0 (no reference model), group-std advantages and per-sequence loss averaging (TRL
+``loss_type="grpo"``; its default is ``"dapo"``, so it is set explicitly), and the same micro-batch
+size (sequences per forward/backward; TRL's ``per_device_train_batch_size`` with
+``gradient_accumulation_steps`` = N / micro so that one optimizer step sees exactly N = P·G samples
+from one generation of all N).
 
 How: each side runs in its own child process, one after the other. TRL lives in its own virtual
 environment (created on first use at ``~/.cache/posttrain-bench/trl-venv``: the torch version of
@@ -80,6 +82,7 @@ class Settings:
     adam_betas: tuple[float, float] = (0.9, 0.99)
     max_grad_norm: float = 1.0
     clip_eps: float = 0.2
+    shots: int = 1
 
     @property
     def sequences(self) -> int:
@@ -150,7 +153,7 @@ def planned_rows(s: Settings) -> list[dict[str, Any]]:
     from posttrain.data.sources import DataOrder
     from posttrain.data.tasks import arithmetic
 
-    rows = arithmetic.rows(TRAIN_SIZE, s.seed, split="train", style="tags")
+    rows = arithmetic.rows(TRAIN_SIZE, s.seed, split="train", style="tags", shots=s.shots)
     order = DataOrder(rows, s.seed)
     return [row for _ in range(s.steps) for row in order.take(s.prompts)]
 
@@ -172,7 +175,8 @@ def ours_overrides(s: Settings, model: Path, precision: str, output_dir: Path, n
     autocast, sampling_dtype = PRECISIONS[precision]
     return [
         f"model.name={model}", "model.dtype=float32", f"model.autocast={autocast}", "model.device=cpu",
-        "data.train=arithmetic", "data.options={style: tags}", f"data.train_size={TRAIN_SIZE}",
+        "data.train=arithmetic", f"data.options={{style: tags, shots: {s.shots}}}",
+        f"data.train_size={TRAIN_SIZE}",
         "data.eval_size=0", f"prompts_per_step={s.prompts}", f"samples_per_prompt={s.samples}",
         f"micro_batch_size={s.micro_batch}", "ppo_epochs=1", f"sampling.max_new_tokens={s.max_new_tokens}",
         f"sampling.temperature={s.temperature}", "sampling.top_p=1.0", "sampling.top_k=0",
@@ -440,6 +444,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=8, help="G, samples per prompt (default 8)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="default 64")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shots", type=int, default=1,
+                   help="solved examples before each question, as in the main job (default 1)")
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--beta", type=float, default=0.0, help="KL coefficient β (0: no reference model)")
     p.add_argument("--loss-agg", choices=sorted(TRL_LOSS), default="sequence_mean",
@@ -488,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     s = Settings(steps=args.steps, prompts=args.prompts, samples=args.samples,
                  max_new_tokens=args.max_new_tokens, seed=args.seed, lr=args.lr, beta=args.beta,
-                 loss_agg=args.loss_agg)
+                 loss_agg=args.loss_agg, shots=args.shots)
     workdir = Path(tempfile.mkdtemp(prefix="grpo-vs-trl-"))
     try:
         results = run_all(args, s, workdir)

@@ -24,6 +24,8 @@ from posttrain.errors import PosttrainError
 COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("posttrain.recipes.sft", "supervised fine-tuning on demonstrations (loss on responses only)"),
     "grpo": ("posttrain.recipes.grpo", "GRPO with programmable and verifiable rewards"),
+    "eval": ("posttrain.eval.command", "score a model or run on arithmetic, HumanEval or a file; --compare"),
+    "contamination": ("posttrain.eval.contamination", "n-gram overlap of a training set with a benchmark"),
 }
 
 
@@ -36,13 +38,17 @@ def _usage() -> str:
             "`posttrain <command> --help` lists every option with its default.")
 
 
-def _parser(command: str) -> argparse.ArgumentParser:
+def _parser(command: str, module: Any = None) -> argparse.ArgumentParser:
+    """The shared flags, plus the command's own when its module has ``add_arguments(parser)``."""
     parser = argparse.ArgumentParser(prog=f"posttrain {command}", add_help=False)
     parser.add_argument("-c", "--config", help="YAML config file")
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue the run in RUN_DIR from its last valid checkpoint")
     parser.add_argument("-h", "--help", action="store_true")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    add_arguments = getattr(module, "add_arguments", None)
+    if add_arguments is not None:
+        add_arguments(parser)
     return parser
 
 
@@ -54,11 +60,11 @@ def _resume_overrides(run_dir: str) -> list[str]:
 
 def run_command(command: str, argv: list[str]) -> Any:
     module = importlib.import_module(COMMANDS[command][0])
-    args = _parser(command).parse_args(argv)
+    args = _parser(command, module).parse_args(argv)
     if args.help:
         print(f"usage: posttrain {command} [-c CONFIG.yaml] [--resume RUN_DIR] [key.sub=value ...]\n\n"
-              f"{COMMANDS[command][1]}\n\n{(module.__doc__ or '').strip()}\n\noptions (key = default):"
-              f"{help_text(module.Config)}")
+              f"{COMMANDS[command][1]}\n\n{(module.__doc__ or '').strip()}\n\noptions (key = default):\n"
+              f"{help_text(module.Config).lstrip(chr(10))}")  # a section starts with a newline, a field not
         return None
     overrides = list(args.overrides)
     config_path = args.config
@@ -67,7 +73,11 @@ def run_command(command: str, argv: list[str]) -> Any:
         config_path = config_path or (saved if os.path.exists(saved) else None)
         overrides += _resume_overrides(args.resume)
     config = load_config(module.Config, config_path, overrides)
-    return module.train(config)
+    # A command's own flags may ask for something else than train(config) (e.g. `eval --compare`);
+    # its run_arguments(args, config) then returns the result, or None to train as usual.
+    run_arguments = getattr(module, "run_arguments", None)
+    result = run_arguments(args, config) if run_arguments is not None else None
+    return result if result is not None else module.train(config)
 
 
 def main(argv: list[str] | None = None) -> int:

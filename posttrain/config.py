@@ -251,9 +251,12 @@ def _parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _build(cls: type, data: dict[str, Any], path: str, problems: list[str]) -> Any:
+def _build(cls: type, data: dict[str, Any], path: str, problems: list[str], base: Any = None) -> Any:
+    """``cls`` from ``data``; keys it does not set keep ``base``'s values (a recipe's own section
+    defaults, e.g. SFT's learning rate), else the class defaults."""
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = list(fields)
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         full = f"{path}{key}"
@@ -267,7 +270,10 @@ def _build(cls: type, data: dict[str, Any], path: str, problems: list[str]) -> A
             if not isinstance(value, dict):
                 problems.append(f"'{full}' is a section: expected a mapping of its keys, got {value!r}")
                 continue
-            kwargs[key] = _build(tp, value, full + ".", problems)
+            own = fields[key].default_factory
+            section_base = getattr(base, key) if base is not None else (
+                own() if own is not dataclasses.MISSING else None)
+            kwargs[key] = _build(tp, value, full + ".", problems, section_base)
             continue
         try:
             kwargs[key] = _convert(value, tp, full)
@@ -278,7 +284,7 @@ def _build(cls: type, data: dict[str, Any], path: str, problems: list[str]) -> A
         if f.name not in kwargs and required:
             problems.append(f"missing required key '{path}{f.name}'")
     try:
-        return cls(**kwargs)
+        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
     except TypeError as error:
         problems.append(f"{path or 'config'}: {error}")
         return None

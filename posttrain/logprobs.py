@@ -10,6 +10,7 @@ layer's FLOPs (about a fifth of a small model's forward pass).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -91,8 +92,14 @@ def token_logprobs(
     hidden_NTH = hidden_states(model, input_ids, attention_mask, position_ids=position_ids)
     # position t's token is predicted by the hidden state at t - 1
     rows, cols = score_mask.nonzero(as_tuple=True)  # [M], [M]
-    hidden_MH = hidden_NTH[rows, cols - 1]
-    targets_M = input_ids[rows, cols]
+    return _score(model, hidden_NTH[rows, cols - 1], input_ids[rows, cols], (rows, cols), input_ids.shape,
+                  temperature, chunk_size, with_entropy)
+
+
+def _score(model: nn.Module, hidden_MH: torch.Tensor, targets_M: torch.Tensor,
+           where: tuple[torch.Tensor, torch.Tensor], shape: torch.Size, temperature: float, chunk_size: int,
+           with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Output layer + log-softmax on the gathered hidden states, in chunks; scattered to ``shape``."""
     head = unwrap(model).get_output_embeddings()
     # one chunk's logits are kept for backward anyway; with several, each is recomputed instead
     recompute = torch.is_grad_enabled() and hidden_MH.requires_grad and hidden_MH.shape[0] > chunk_size
@@ -106,13 +113,120 @@ def token_logprobs(
             lp, ent = _chunk_logprobs(*chunk)
         pieces_lp.append(lp)
         pieces_ent.append(ent)
-    logprobs_NT = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+    logprobs_NT = torch.zeros(shape, dtype=torch.float32, device=targets_M.device)
     entropy_NT = torch.zeros_like(logprobs_NT) if with_entropy else None
     if pieces_lp:
-        logprobs_NT = logprobs_NT.index_put((rows, cols), torch.cat(pieces_lp))
+        logprobs_NT = logprobs_NT.index_put(where, torch.cat(pieces_lp))
         if entropy_NT is not None:
-            entropy_NT = entropy_NT.index_put((rows, cols), torch.cat(pieces_ent).detach())
+            entropy_NT = entropy_NT.index_put(where, torch.cat(pieces_ent).detach())
     return logprobs_NT, entropy_NT
+
+
+@dataclass
+class SharedPrompts:
+    """Rows that repeat one prompt, rewritten as packed rows ``[prompt, completion_1, ..., completion_k]``.
+
+    Each completion attends to the prompt and to itself (causally), never to its neighbours, and its
+    positions continue from the prompt's length, so every token sees exactly what it saw in its own
+    row; the prompt's tokens go through the model once per packed row instead of once per sample.
+    """
+
+    input_ids: torch.Tensor  # [R, S]
+    attention_mask: torch.Tensor  # [R, 1, S, S] additive
+    position_ids: torch.Tensor  # [R, S]
+    source: tuple[torch.Tensor, torch.Tensor]  # ([M], [M]): scored (row, col) in the original [N, T]
+    packed: tuple[torch.Tensor, torch.Tensor]  # ([M], [M]): the same token in the packed rows
+    previous: torch.Tensor  # [M]: packed column of the hidden state that predicts it
+
+
+def share_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, score_mask: torch.Tensor,
+                  dtype: torch.dtype = torch.float32, max_tokens: int = 2048) -> SharedPrompts:
+    """Packs right-padded rows ``[prompt, completion]`` whose prompts are equal and adjacent.
+
+    ``score_mask`` marks each row's completion (a contiguous run after the prompt). A run of rows with
+    one prompt becomes one packed row, split when it would pass ``max_tokens`` (the mask is S x S).
+    """
+    device = input_ids.device
+    lengths = attention_mask.long().sum(-1).tolist()
+    starts = [int(row.nonzero()[0]) if row.any() else length
+              for row, length in zip(score_mask.bool(), lengths)]
+    ids_cpu = input_ids.tolist()
+    packs: list[list[int]] = []  # the original rows of each packed row
+    for i in range(len(ids_cpu)):
+        prompt = ids_cpu[i][:starts[i]]
+        if packs:
+            head = packs[-1][0]
+            size = starts[head] + sum(lengths[j] - starts[j] for j in packs[-1])
+            if ids_cpu[head][:starts[head]] == prompt and size + lengths[i] - starts[i] <= max_tokens:
+                packs[-1].append(i)
+                continue
+        packs.append([i])
+    rows_ids, rows_pos, rows_seg = [], [], []
+    source_r, source_c, packed_r, packed_c, previous = [], [], [], [], []
+    for r, members in enumerate(packs):
+        prompt_len = starts[members[0]]
+        ids, pos, seg = ids_cpu[members[0]][:prompt_len], list(range(prompt_len)), [0] * prompt_len
+        for k, i in enumerate(members, start=1):
+            offset = len(ids)
+            completion = ids_cpu[i][starts[i]:lengths[i]]
+            ids += completion
+            pos += range(prompt_len, prompt_len + len(completion))
+            seg += [k] * len(completion)
+            for t in range(len(completion)):
+                source_r.append(i)
+                source_c.append(starts[i] + t)
+                packed_r.append(r)
+                packed_c.append(offset + t)
+                previous.append(offset + t - 1 if t else prompt_len - 1)
+        rows_ids.append(ids)
+        rows_pos.append(pos)
+        rows_seg.append(seg)
+    width = max(map(len, rows_ids))
+    pad_id = ids_cpu[0][-1] if lengths[0] < len(ids_cpu[0]) else 0
+    for ids, pos, seg in zip(rows_ids, rows_pos, rows_seg):
+        tail = width - len(ids)
+        ids += [pad_id] * tail
+        pos += range(tail)
+        seg += [-1] * tail  # the padding tail attends only to itself, so no attention row is empty
+    seg_RS = torch.tensor(rows_seg, device=device)
+    same_RSS = (seg_RS[:, :, None] == seg_RS[:, None, :]) | (seg_RS[:, None, :] == 0)
+    allowed_RSS = same_RSS & torch.ones(width, width, dtype=torch.bool, device=device).tril()
+    mask = torch.zeros(allowed_RSS.shape, dtype=dtype, device=device)
+    mask.masked_fill_(~allowed_RSS, torch.finfo(dtype).min)
+
+    def as_tensor(values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=device)
+
+    return SharedPrompts(as_tensor(rows_ids), mask[:, None], as_tensor(rows_pos),
+                         (as_tensor(source_r), as_tensor(source_c)),
+                         (as_tensor(packed_r), as_tensor(packed_c)), as_tensor(previous))
+
+
+def shared_prompt_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                           completion_mask: torch.Tensor, *, temperature: float = 1.0, chunk_size: int = 1024,
+                           with_entropy: bool = False, max_tokens: int = 2048,
+                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``token_logprobs`` on the completion tokens, with each run of equal prompts computed once.
+
+    Same result (and gradients) as ``token_logprobs(model, input_ids, attention_mask, completion_mask)``
+    on right-padded ``[prompt, completion]`` rows; for GRPO groups (G samples of one prompt) the
+    forward and backward passes shrink from ``G·(prompt + completion)`` to ``prompt + G·completion``
+    tokens per group.
+    """
+    shared = share_prompts(input_ids, attention_mask, completion_mask, _compute_dtype(model), max_tokens)
+    hidden_RSH = hidden_states(model, shared.input_ids, shared.attention_mask,
+                               position_ids=shared.position_ids)
+    rows, _ = shared.packed
+    return _score(model, hidden_RSH[rows, shared.previous], input_ids[shared.source], shared.source,
+                  input_ids.shape, temperature, chunk_size, with_entropy)
+
+
+def _compute_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype the attention scores are computed in (autocast's when it is on)."""
+    device_type = next(model.parameters()).device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return next(model.parameters()).dtype
 
 
 def naive_token_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -199,9 +199,11 @@ class Setup:
 
 
 def setup(config: Any, recipe: str, train_kind: str, train_rows: list[dict[str, Any]] | None = None,
-          eval_rows: list[dict[str, Any]] | None = None) -> Setup:
+          eval_rows: list[dict[str, Any]] | None = None, optimizer_steps_per_step: int = 1) -> Setup:
     """Seed, load data and the policy, build optimizer/schedule/stepper, open (or resume) the run,
-    and evaluate the starting policy on the held-out rows."""
+    and evaluate the starting policy on the held-out rows. The LR schedule spans
+    ``run.steps * optimizer_steps_per_step`` optimizer steps (RL recipes step several times per
+    rollout)."""
     from posttrain.data.sources import load_split, resolve_task
     from posttrain.training import Stepper, build_optimizer, build_scheduler
 
@@ -213,7 +215,7 @@ def setup(config: Any, recipe: str, train_kind: str, train_rows: list[dict[str, 
         eval_rows = load_split(config.data, "eval", "prompts", config.run.seed)
     model, tokenizer, device = load_policy(config.model)
     optimizer = build_optimizer(model, config.optim)
-    scheduler = build_scheduler(optimizer, config.optim, config.run.steps)
+    scheduler = build_scheduler(optimizer, config.optim, config.run.steps * optimizer_steps_per_step)
     stepper = Stepper(model, optimizer, scheduler, config.optim)
     run = start_run(config, recipe, model, optimizer, scheduler)
     evaluate = evaluate_and_log(run, model, tokenizer, eval_rows, task, config)

@@ -154,10 +154,13 @@ def micro_batch_weights(mask_NT: torch.Tensor, slices: list[slice], agg: str) ->
 
 
 def accumulate(stepper: Stepper, loss_mask_NT: torch.Tensor, micro_batch_size: int, agg: str,
-               micro_loss: Any) -> dict[str, float]:
-    """Backward ``micro_loss(rows) -> (loss, metrics)`` over micro-batches, weighted so the sum is the
-    whole batch's loss; returns the metrics averaged with the same weights (no optimizer step)."""
-    slices = list(micro_batches(loss_mask_NT.shape[0], micro_batch_size))
+               micro_loss: Any, within: slice | None = None) -> dict[str, float]:
+    """Backward ``micro_loss(rows) -> (loss, metrics)`` over micro-batches of the rows ``within`` (default
+    all), weighted so the sum is those rows' loss; returns the metrics averaged with the same weights
+    (no optimizer step)."""
+    within = within or slice(0, loss_mask_NT.shape[0])
+    slices = [slice(within.start + sl.start, within.start + sl.stop)
+              for sl in micro_batches(within.stop - within.start, micro_batch_size)]
     totals: dict[str, float] = {}
     for rows, weight in zip(slices, micro_batch_weights(loss_mask_NT, slices, agg)):
         if weight == 0.0:

@@ -100,3 +100,12 @@ def test_cli_config_error_is_one_block_exit_2(capsys: pytest.CaptureFixture[str]
     assert "did you mean 'optim.lr'?" in err
     assert "samples_per_prompt must be >= 2" in err
     assert "Traceback" not in err
+
+
+def test_overriding_one_key_keeps_the_recipes_own_section_defaults() -> None:
+    from posttrain.recipes import sft
+
+    config = load_config(sft.Config, None, ["optim.warmup_steps=1", "sampling.dtype=float32"])
+    assert config.optim.warmup_steps == 1
+    assert config.optim.lr == sft.Config().optim.lr == 5e-5  # SFT's default, not OptimConfig's
+    assert config.sampling.max_new_tokens == sft.Config().sampling.max_new_tokens == 96

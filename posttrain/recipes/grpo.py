@@ -30,7 +30,7 @@ from posttrain.advantages import group_advantages, zero_std_groups
 from posttrain.config import DataConfig, ModelConfig, OptimConfig, RunConfig, SamplingConfig
 from posttrain.data.chat import prompt_messages
 from posttrain.data.sources import DataOrder, resolve_task, reward_columns
-from posttrain.logprobs import token_logprobs
+from posttrain.logprobs import shared_prompt_logprobs, token_logprobs
 from posttrain.losses import policy_loss
 from posttrain.models import ReferencePolicy
 from posttrain.rewards.base import score_completions
@@ -54,7 +54,9 @@ class Config:
     micro_batch_size: int = 8
     """Sequences per forward/backward pass (gradients accumulate over the N = P·G sequences)."""
     ppo_epochs: int = 1
-    """μ: optimizer steps per rollout batch, reusing the sampling policy's log-probs."""
+    """μ: passes over each rollout batch, reusing the sampling policy's log-probs."""
+    optimizer_steps_per_rollout: int = 1
+    """Mini-batches per pass: the P·G sequences split into this many optimizer steps (DAPO: 16)."""
     rewards: list[str] = field(default_factory=lambda: ["task_format", "task_correct"])
     """Reward functions: task_format, task_correct, a built-in name, or path/file.py:function."""
     reward_weights: list[float] = field(default_factory=list)
@@ -81,9 +83,15 @@ class Config:
     """DAPO dynamic sampling: extra sampling rounds to replace all-equal groups with fresh prompts."""
     mask_truncated: bool = False
     """Leave completions that hit max_new_tokens out of the loss (DAPO's overlong filtering)."""
+    share_prompts: bool = True
+    """Run each group's prompt through the model once per update pass, not G times (same numbers)."""
 
     def check(self) -> list[str]:
         problems = []
+        n_sequences = self.prompts_per_step * self.samples_per_prompt
+        if not 1 <= self.optimizer_steps_per_rollout <= n_sequences:
+            problems.append(f"optimizer_steps_per_rollout must be in 1..{n_sequences} (P·G sequences); "
+                            f"got {self.optimizer_steps_per_rollout}")
         if self.samples_per_prompt < 2:
             problems.append("samples_per_prompt must be >= 2: a group of one has no relative advantage")
         if self.reward_weights and len(self.reward_weights) != len(self.rewards):
@@ -153,10 +161,10 @@ def policy_update(config: Config, model: Any, stepper: Stepper, reference: Refer
     temperature = config.sampling.temperature or 1.0
 
     def logprobs_of(m: Any, rows: slice, entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        score = shared_prompt_logprobs if config.share_prompts else token_logprobs
         with autocast(config.model, batch["input_ids"].device):
-            return token_logprobs(m, batch["input_ids"][rows], batch["attention_mask"][rows],
-                                  batch["completion_mask"][rows], temperature=temperature,
-                                  with_entropy=entropy)
+            return score(m, batch["input_ids"][rows], batch["attention_mask"][rows],
+                         batch["completion_mask"][rows], temperature=temperature, with_entropy=entropy)
 
     all_rows = list(micro_batches(loss_mask_NT.shape[0], config.micro_batch_size))
     with torch.no_grad():
@@ -164,9 +172,10 @@ def policy_update(config: Config, model: Any, stepper: Stepper, reference: Refer
         if reference is not None:
             with reference.active() as ref_model:
                 ref_NT = torch.cat([logprobs_of(ref_model, rows)[0] for rows in all_rows])
-        # μ = 1: the sampling policy is the current one, its log-probs come from the same pass
+        # one optimizer step per batch: the sampling policy is the current one, its log-probs come
+        # from the same pass
         old_NT = None
-        if config.ppo_epochs > 1:
+        if config.ppo_epochs > 1 or config.optimizer_steps_per_rollout > 1:
             old_NT = torch.cat([logprobs_of(model, rows)[0] for rows in all_rows])
 
     def micro_loss(rows: slice) -> tuple[torch.Tensor, dict[str, float]]:
@@ -182,11 +191,14 @@ def policy_update(config: Config, model: Any, stepper: Stepper, reference: Refer
         return loss, metrics
 
     totals: dict[str, float] = {}
+    n_rows = loss_mask_NT.shape[0]
+    parts = list(micro_batches(n_rows, -(-n_rows // config.optimizer_steps_per_rollout)))
     for _ in range(config.ppo_epochs):
-        for key, value in accumulate(stepper, loss_mask_NT, config.micro_batch_size, config.loss_agg,
-                                     micro_loss).items():
-            totals[key] = totals.get(key, 0.0) + value / config.ppo_epochs
-        totals.update(stepper.step())
+        for part in parts:
+            for key, value in accumulate(stepper, loss_mask_NT, config.micro_batch_size, config.loss_agg,
+                                         micro_loss, within=part).items():
+                totals[key] = totals.get(key, 0.0) + value / (config.ppo_epochs * len(parts))
+            totals.update(stepper.step())
     return totals
 
 
@@ -195,12 +207,15 @@ def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]]
           eval_rows: list[dict[str, Any]] | None = None) -> Path:
     """Run GRPO; Python reward functions and rows override the config's. Returns the run directory."""
     rewards = build_reward_fns(config.rewards, config.reward_weights, resolve_task(config.data), reward_fns)
-    s = setup(config, "grpo", "prompts", train_rows, eval_rows)
+    s = setup(config, "grpo", "prompts", train_rows, eval_rows,
+              optimizer_steps_per_step=config.ppo_epochs * config.optimizer_steps_per_rollout)
     reference = ReferencePolicy(s.model, config.reference) if config.beta > 0 else None
     P, G = config.prompts_per_step, config.samples_per_prompt
     print(f"[grpo] N = P·G = {P}·{G} = {P * G} sequences per step, "
           f"{-(-P * G // config.micro_batch_size)} micro-batches of {config.micro_batch_size}, "
-          f"μ = {config.ppo_epochs}, ≤ {config.sampling.max_new_tokens} new tokens, β = {config.beta}, "
+          f"{config.ppo_epochs * config.optimizer_steps_per_rollout} optimizer step(s) per rollout "
+          f"(μ = {config.ppo_epochs} x {config.optimizer_steps_per_rollout} mini-batches), "
+          f"≤ {config.sampling.max_new_tokens} new tokens, β = {config.beta}, "
           f"{len(s.train_rows)} training prompts, {len(s.eval_rows)} held-out")
     order = DataOrder(s.train_rows, config.run.seed, used=s.run.state.get("rows_used", 0))
     for step in range(s.run.start_step + 1, config.run.steps + 1):
@@ -234,5 +249,6 @@ def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]]
         s.run.tracker.log(step, metrics)
         log_rollout_samples(s.run, step, rollouts, scores, sample_rows, advantages_N)
         s.end_of_step(step, {"rows_used": order.used})
-    return s.finish("grpo", plot_keys=["rollout/reward", "eval/accuracy", "eval/format", "policy/kl",
+    kl = ["policy/kl"] if config.beta > 0 else []
+    return s.finish("grpo", plot_keys=["rollout/reward", "eval/accuracy", "eval/format", *kl,
                                        "rollout/completion_len", "train/loss"])

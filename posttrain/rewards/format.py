@@ -85,17 +85,23 @@ def answer_tag_format(prompts: list[Any], completions: list[Any], **kwargs: Any)
 
 
 def answer_tag_count(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float | None]:
-    """Partial credit towards the answer format: 0.5 for exactly one `<answer>` and 0.5 for exactly
-    one `</answer>` after it (open-r1's tag-count reward, for answer tags alone).
+    """Partial credit towards the answer format: 0.5 for exactly one `<answer>` with something after
+    it, 0.5 more for exactly one `</answer>` closing that content (open-r1's tag-count reward, for
+    answer tags alone, made content-aware).
 
     A shaping reward for models that almost never produce the full format, so a group's samples
-    differ and GRPO gets a signal; evaluation still uses the strict format check."""
+    differ and GRPO gets a signal; evaluation still uses the strict format check. Empty tags earn
+    nothing: measured on the embedded model, a count-only version was gamed within 20 steps by
+    quoting the prompt's phrase "inside <answer></answer> tags"."""
     scores: list[float | None] = []
     for completion in completions:
         text = completion_text(completion)
         opened = text.count(_ANSWER_OPEN) == 1
-        closed = text.count(_ANSWER_CLOSE) == 1 and text.find(_ANSWER_CLOSE) > text.find(_ANSWER_OPEN)
-        scores.append(0.5 * opened + 0.5 * (opened and closed))
+        after = text[text.find(_ANSWER_OPEN) + len(_ANSWER_OPEN):] if opened else ""
+        content, closing, _ = after.partition(_ANSWER_CLOSE)
+        has_content = opened and bool(content.strip())
+        closed = has_content and bool(closing) and text.count(_ANSWER_CLOSE) == 1
+        scores.append(0.5 * has_content + 0.5 * closed)
     return scores
 
 

@@ -98,3 +98,53 @@ def test_config_errors() -> None:
         load_config(grpo.Config, None, ["loss_agg=mean"])
     with pytest.raises(ConfigError, match="reward_weights has 1 values for 2 rewards"):
         load_config(grpo.Config, None, ["reward_weights=[1.0]"])
+    with pytest.raises(ConfigError, match=r"optimizer_steps_per_rollout must be in 1\.\.8"):
+        load_config(grpo.Config, None, ["prompts_per_step=2", "samples_per_prompt=4",
+                                        "optimizer_steps_per_rollout=9"])
+
+
+class _RecordingStepper:
+    """Stands in for Stepper: backward as usual, each step records the gradients and clears them."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.steps: list[list[torch.Tensor]] = []
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> dict[str, float]:
+        self.steps.append([p.grad.clone() for p in self.model.parameters()])
+        self.model.zero_grad(set_to_none=False)
+        return {}
+
+
+def test_optimizer_steps_per_rollout_steps_once_per_mini_batch(tiny_model: torch.nn.Module) -> None:
+    config = load_config(grpo.Config, None, ["model.autocast=none", "prompts_per_step=2",
+                                             "samples_per_prompt=2", "micro_batch_size=1",
+                                             "optimizer_steps_per_rollout=2"])
+    ids = torch.randint(5, 500, (4, 7), generator=torch.Generator().manual_seed(0))
+    ids[1, :3], ids[3, :3] = ids[0, :3], ids[2, :3]  # groups share their 3-token prompt
+    completion = torch.zeros_like(ids)
+    completion[:, 3:] = 1
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "completion_mask": completion}
+
+    def run(advantages: list[float]) -> list[list[torch.Tensor]]:
+        stepper = _RecordingStepper(tiny_model)
+        grpo.policy_update(config, tiny_model, stepper, None, batch, torch.tensor(advantages),
+                           completion.float())
+        return stepper.steps
+
+    first, second = run([1.0, -1.0, 0.5, -0.5]), run([1.0, -1.0, -2.0, 3.0])
+    assert len(first) == 2  # two mini-batches of two sequences, one optimizer step each
+    # the first step sees only the first group: changing the second group's advantages leaves it alone
+    assert all(torch.equal(a, b) for a, b in zip(first[0], second[0]))
+    assert not all(torch.equal(a, b) for a, b in zip(first[1], second[1]))
+
+
+def test_lr_schedule_spans_every_optimizer_step_of_the_run(tiny_model_dir: str, tmp_path: Path) -> None:
+    config = _config(tiny_model_dir, tmp_path, "run.steps=2", "optimizer_steps_per_rollout=2",
+                     "optim.schedule=linear", "optim.warmup_steps=0", "data.eval_size=0")
+    lrs = [m["train/lr"] for m in read_metrics(grpo.train(config)) if "train/lr" in m]
+    # 4 optimizer steps, linear decay: factors 1, 3/4 (rollout 1), 1/2, 1/4 (rollout 2); the last is logged
+    assert lrs == pytest.approx([0.75e-3, 0.25e-3])

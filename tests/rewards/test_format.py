@@ -123,5 +123,8 @@ def test_answer_tag_count_partial_credit() -> None:
     from posttrain.rewards.format import answer_tag_count
 
     completions = ["no tags", "inside <answer> tags", "<answer>5</answer>", "</answer><answer>",
-                   "<answer>1</answer><answer>2</answer>", "x <answer>7</answer> trailing"]
-    assert answer_tag_count([None] * 6, completions) == [0.0, 0.5, 1.0, 0.5, 0.0, 1.0]
+                   "<answer>1</answer><answer>2</answer>", "x <answer>7</answer> trailing",
+                   "it is inside <answer></answer> tags", "<answer> \n</answer>",
+                   "<answer>5</answer></answer>",
+                   "</answer> then <answer>5"]
+    assert answer_tag_count([None] * 10, completions) == [0.0, 0.5, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.5, 0.5]

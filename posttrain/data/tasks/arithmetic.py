@@ -113,14 +113,18 @@ def _sample(n: int, seed: int, split: str, ops: tuple[str, ...], values: range,
 
 def rows(n: int, seed: int, split: str = "train", *, ops: tuple[str, ...] | list[str] = ("+",),
          digits: int | tuple[int, int] = 2, style: str = "tags", test_fraction: float = 0.1,
-         demo_fraction: float = 0.0) -> list[Row]:
+         demo_fraction: float = 0.0, shots: int = 0) -> list[Row]:
     """n distinct problems from `split`: rows with `prompt` (one user message), `answer` (gold, e.g.
     "85"), `question` ("47 + 38"), `style` and `_where` ("arithmetic:train[12]").
 
     `demo_fraction` is a training curriculum: that fraction of TRAIN prompts starts with one solved
     example (another train problem and its reply in the answer format), so a model that never
     writes the format on its own sometimes does, and RL gets a signal. Test prompts are always
-    zero-shot, so held-out figures before and after training are measured on the same prompt."""
+    zero-shot, so held-out figures before and after training are measured on the same prompt.
+
+    `shots` is part of the prompt itself, for every split: each prompt starts with that many solved
+    TRAIN problems (never a test problem, never the row's own), so the same k-shot prompt is used
+    before and after training."""
     _choice(split, SPLITS, "split")
     _choice(style, STYLES, "style")
     ops = tuple(_choice(op, OPS, "op") for op in ops)
@@ -133,11 +137,18 @@ def rows(n: int, seed: int, split: str = "train", *, ops: tuple[str, ...] | list
         raise ConfigError(f"arithmetic: n must be >= 0, got {n}")
     if not 0 <= demo_fraction <= 1:
         raise ConfigError(f"arithmetic: demo_fraction must be in [0, 1], got {demo_fraction}")
+    if not 0 <= shots <= 8:
+        raise ConfigError(f"arithmetic: shots must be in 0..8, got {shots}")
     problems = _sample(n, seed, split, ops, _operands(low, high), test_fraction)
+    values = _operands(low, high)
+    shot_pool = _sample(2 * shots + 8, seed + 1, "train", ops, values, test_fraction) if shots else []
     demo_rng = random.Random(f"demo-{seed}")
     out = []
     for i, problem in enumerate(problems):
         prompt = [{"role": "user", "content": _PROMPTS[style].format(q=question(problem))}]
+        examples = [p for p in random.Random(f"shots-{seed}-{split}-{i}").sample(shot_pool, shots + 1)
+                    if p != problem][:shots] if shots else []
+        prompt = [turn for example in examples for turn in _demonstration(example, style)] + prompt
         if split == "train" and demo_fraction > 0 and demo_rng.random() < demo_fraction:
             prompt = [*_demonstration(problems[(i + 1) % len(problems)], style), *prompt]
         out.append({"prompt": prompt, "answer": str(answer(problem)),

@@ -1,0 +1,105 @@
+"""Evaluation results side by side: ``posttrain eval --compare DIR [DIR ...]``.
+
+A DIR is an evaluation output (its summary.json) or a training run directory (its first and last
+held-out evaluation in metrics.jsonl: before and after training; the greedy ``eval/accuracy`` is
+shown as pass@1). Writes a table (printed, compare.md), compare.json and one bar chart per metric.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from posttrain.errors import ConfigError
+from posttrain.tracking import make_run_dir, read_metrics
+
+_HIDDEN_RUN_METRICS = ("accuracy_any", "problems")  # pass@n with n = 1, and a count
+
+
+def cell(value: Any) -> str:
+    """A table cell: 4 significant digits, "-" for missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+
+def compare_entries(source: str) -> list[tuple[str, dict[str, float]]]:
+    """``(label, metrics)`` of an evaluation output, or the first and last evaluation of a run."""
+    path = Path(source)
+    if (path / "summary.json").is_file():
+        summary = json.loads((path / "summary.json").read_text())
+        metrics = {k: (math.nan if v is None else float(v)) for k, v in summary.get("metrics", {}).items()}
+        return [(path.name, metrics)]
+    if not (path / "metrics.jsonl").is_file():
+        raise ConfigError(f"--compare: {path} is neither an evaluation output (summary.json) nor a training "
+                          f"run directory (metrics.jsonl)")
+    evals = [row for row in read_metrics(path) if "eval/accuracy" in row]
+    if not evals:
+        raise ConfigError(f"--compare: {path / 'metrics.jsonl'} holds no held-out evaluation (no eval/ "
+                          f"metrics): the run evaluated nothing (set data.eval_size > 0)")
+    entries = []
+    for row in ([evals[0], evals[-1]] if len(evals) > 1 else evals):
+        shown = [key for key in row if key.startswith("eval/") and key[5:] not in _HIDDEN_RUN_METRICS]
+        metrics = {("pass@1" if key == "eval/accuracy" else key[5:]): float(row[key]) for key in shown}
+        entries.append((f"{path.name}@step{row['step']}", metrics))
+    return entries
+
+
+def compare(sources: list[str], output_dir: str = "evals", name: str = "", overwrite: bool = False) -> Path:
+    """Side-by-side table (printed, compare.md, compare.json) and a bar chart PNG per metric."""
+    entries: list[tuple[str, dict[str, float]]] = []
+    for source in sources:
+        entries.extend(compare_entries(source))
+    labels = _unique([label for label, _ in entries])
+    metric_names = list(dict.fromkeys(key for _, metrics in entries for key in metrics))
+    out_dir = make_run_dir(output_dir, name or None, "compare", resume=False, overwrite=overwrite)
+    table = ["| metric | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    for metric in metric_names:
+        table.append(f"| {metric} | " + " | ".join(cell(m.get(metric)) for _, m in entries) + " |")
+    text = "\n".join(table)
+    (out_dir / "compare.md").write_text(text + "\n")
+    values = {label: {k: (None if math.isnan(v) else v) for k, v in m.items()}
+              for label, (_, m) in zip(labels, entries)}
+    report = {"sources": sources, "entries": values}
+    (out_dir / "compare.json").write_text(json.dumps(report, indent=1) + "\n")
+    for metric in metric_names:
+        _bar_chart(out_dir / f"{chart_name(metric)}.png", metric,
+                   [(label, m.get(metric, math.nan)) for label, (_, m) in zip(labels, entries)])
+    print(text)
+    return out_dir
+
+
+def chart_name(metric: str) -> str:
+    """A file name for a metric's chart: "pass@10" -> "pass_at_10"."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in metric.replace("@", "_at_"))
+
+
+def _unique(labels: list[str]) -> list[str]:
+    seen: Counter[str] = Counter(labels)
+    count: Counter[str] = Counter()
+    out = []
+    for label in labels:
+        count[label] += 1
+        out.append(f"{label} ({count[label]})" if seen[label] > 1 else label)
+    return out
+
+
+def _bar_chart(path: Path, metric: str, bars: list[tuple[str, float]]) -> None:
+    from matplotlib.figure import Figure  # no pyplot: the Agg canvas, no GUI backend, no global state
+
+    figure = Figure(figsize=(max(4.0, 1.3 * len(bars) + 1.5), 3.6), layout="constrained")
+    axes = figure.add_subplot()
+    heights = [0.0 if math.isnan(value) else value for _, value in bars]
+    drawn = axes.bar(range(len(bars)), heights, color="#4c72b0")
+    axes.bar_label(drawn, labels=[cell(value) for _, value in bars], fontsize=8)
+    axes.set_xticks(range(len(bars)), [label for label, _ in bars], rotation=20, ha="right", fontsize=8)
+    axes.set_title(metric, fontsize=10)
+    finite = [value for _, value in bars if not math.isnan(value)]
+    if finite and min(finite) >= 0 and max(finite) <= 1:
+        axes.set_ylim(0, 1.08)
+    axes.grid(axis="y", alpha=0.3)
+    figure.savefig(path, format="png", dpi=100)
