@@ -105,8 +105,8 @@ class Config:
     greedy: bool = False
     """Argmax decoding (temperature 0) whatever sampling.temperature says."""
     sampling: EvalSamplingConfig = field(default_factory=EvalSamplingConfig)
-    prompt_style: str = "prefill"
-    """How HumanEval stubs are shown to the model: prefill, chat or raw (see posttrain.eval.humaneval)."""
+    prompt_style: str = "chat"
+    """How HumanEval stubs are shown to the model: chat, prefill or raw (see posttrain.eval.humaneval)."""
     answer_match: str = "exact"
     """How an extracted answer is compared with the gold: exact (numbers by value) or math (math-verify)."""
     extract: str = "auto"
