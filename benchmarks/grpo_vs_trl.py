@@ -60,7 +60,7 @@ REPO = Path(__file__).resolve().parents[1]
 TRL_VERSION = "1.16.0"
 DEFAULT_VENV = Path.home() / ".cache" / "posttrain-bench" / "trl-venv"
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "grpo_vs_trl.json"
-MAX_MICRO_BATCH = 8  # our recipe's default micro_batch_size
+DEFAULT_MICRO_BATCH = 8  # our recipe's default micro_batch_size
 TRAIN_SIZE = 5000  # our recipe's default data.train_size
 # precision -> (model.autocast, sampling.dtype); weights stay fp32 in both
 PRECISIONS = {"fp32": ("none", "float32"), "bf16": ("bfloat16", "bfloat16")}
@@ -83,6 +83,7 @@ class Settings:
     max_grad_norm: float = 1.0
     clip_eps: float = 0.2
     shots: int = 1
+    max_micro_batch: int = DEFAULT_MICRO_BATCH
 
     @property
     def sequences(self) -> int:
@@ -90,8 +91,9 @@ class Settings:
 
     @property
     def micro_batch(self) -> int:
-        """Largest divisor of N up to MAX_MICRO_BATCH: TRL needs N to be a whole number of micro-batches."""
-        return max(d for d in range(1, min(MAX_MICRO_BATCH, self.sequences) + 1) if self.sequences % d == 0)
+        """Largest divisor of N up to max_micro_batch: TRL needs N to be a whole number of micro-batches."""
+        top = min(self.max_micro_batch, self.sequences)
+        return max(d for d in range(1, top + 1) if self.sequences % d == 0)
 
 
 # ------------------------------------------------------------------------------ child processes
@@ -444,6 +446,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=8, help="G, samples per prompt (default 8)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="default 64")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--micro-batch", type=int, default=DEFAULT_MICRO_BATCH,
+                   help="sequences per forward/backward on both sides (largest divisor of N up to this; "
+                        "default %(default)s; the main job uses 32)")
     p.add_argument("--shots", type=int, default=1,
                    help="solved examples before each question, as in the main job (default 1)")
     p.add_argument("--lr", type=float, default=1e-5)
@@ -494,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     s = Settings(steps=args.steps, prompts=args.prompts, samples=args.samples,
                  max_new_tokens=args.max_new_tokens, seed=args.seed, lr=args.lr, beta=args.beta,
-                 loss_agg=args.loss_agg, shots=args.shots)
+                 loss_agg=args.loss_agg, shots=args.shots, max_micro_batch=args.micro_batch)
     workdir = Path(tempfile.mkdtemp(prefix="grpo-vs-trl-"))
     try:
         results = run_all(args, s, workdir)
