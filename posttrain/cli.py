@@ -24,6 +24,9 @@ from posttrain.errors import PosttrainError
 COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("posttrain.recipes.sft", "supervised fine-tuning on demonstrations (loss on responses only)"),
     "grpo": ("posttrain.recipes.grpo", "GRPO with programmable and verifiable rewards"),
+    "rm": ("posttrain.recipes.reward_model", "reward model (Bradley-Terry) on preference pairs or rankings"),
+    "score": ("posttrain.score", "score (prompt, response) rows with a trained reward model"),
+    "dpo": ("posttrain.recipes.dpo", "direct preference optimization (DPO, IPO, hinge) on preference pairs"),
     "eval": ("posttrain.eval.command", "score a model or run on arithmetic, HumanEval or a file; --compare"),
     "contamination": ("posttrain.eval.contamination", "n-gram overlap of a training set with a benchmark"),
 }
@@ -32,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines.append(f"  {'collect':<{width}}  human feedback: collect sample | serve | export (labelling page)")
     return ("usage: posttrain <command> [-c CONFIG.yaml] [key.sub=value ...] [--help]\n\n"
             "Post-training for language models.\n\ncommands:\n" + "\n".join(lines) +
             "\n\nExample: posttrain grpo -c configs/grpo-arithmetic.yaml run.steps=10\n"
@@ -91,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"posttrain {__version__}")
         return 0
     command = argv[0]
+    if command == "collect":  # its own subcommands (sample | serve | export)
+        from posttrain.collect import main as collect_main
+
+        return collect_main(argv[1:])
     if command not in COMMANDS:
         import difflib
 

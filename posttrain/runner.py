@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,18 +193,30 @@ class Setup:
         self.run.save(step, self.model, self.optimizer, self.scheduler,
                       {**state, "eval_before": self.eval_before}, force=step == config.run.steps)
 
+    def also_evaluate(self, extra: Callable[[int], dict[str, float]]) -> None:
+        """Run ``extra(step)`` (which logs its own metrics) with every held-out evaluation from now on,
+        and add its step-0 metrics to ``eval_before`` on a fresh run (a resumed one has them saved)."""
+        task_evaluate = self.evaluate
+        self.evaluate = lambda step: {**task_evaluate(step), **extra(step)}
+        if self.run.start_step == 0:
+            self.eval_before.update(extra(0))
+
     def finish(self, recipe: str, plot_keys: list[str]) -> Path:
+        """Final evaluation, summary, export and plots (eval/ curves only when there were held-out rows)."""
         after = self.evaluate(self.run.config.run.steps)
         summary = eval_summary(recipe, self.eval_before, after)
+        if not self.eval_rows:
+            plot_keys = [key for key in plot_keys if not key.startswith("eval/")]
         return self.run.finish(self.model, self.tokenizer, summary=summary, plot_keys=plot_keys)
 
 
 def setup(config: Any, recipe: str, train_kind: str, train_rows: list[dict[str, Any]] | None = None,
-          eval_rows: list[dict[str, Any]] | None = None, optimizer_steps_per_step: int = 1) -> Setup:
-    """Seed, load data and the policy, build optimizer/schedule/stepper, open (or resume) the run,
-    and evaluate the starting policy on the held-out rows. The LR schedule spans
-    ``run.steps * optimizer_steps_per_step`` optimizer steps (RL recipes step several times per
-    rollout)."""
+          eval_rows: list[dict[str, Any]] | None = None, optimizer_steps_per_step: int = 1,
+          load: Callable[[ModelConfig], tuple[nn.Module, Any, torch.device]] = load_policy) -> Setup:
+    """Seed, load data and the model (``load``: the policy, or e.g. a reward model), build
+    optimizer/schedule/stepper, open (or resume) the run, and evaluate the starting policy on the
+    held-out rows. The LR schedule spans ``run.steps * optimizer_steps_per_step`` optimizer steps
+    (RL recipes step several times per rollout)."""
     from posttrain.data.sources import load_split, resolve_task
     from posttrain.training import Stepper, build_optimizer, build_scheduler
 
@@ -213,7 +226,7 @@ def setup(config: Any, recipe: str, train_kind: str, train_rows: list[dict[str, 
         train_rows = load_split(config.data, "train", train_kind, config.run.seed)
     if eval_rows is None:
         eval_rows = load_split(config.data, "eval", "prompts", config.run.seed)
-    model, tokenizer, device = load_policy(config.model)
+    model, tokenizer, device = load(config.model)
     optimizer = build_optimizer(model, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, config.run.steps * optimizer_steps_per_step)
     stepper = Stepper(model, optimizer, scheduler, config.optim)

@@ -109,3 +109,10 @@ def test_overriding_one_key_keeps_the_recipes_own_section_defaults() -> None:
     assert config.optim.warmup_steps == 1
     assert config.optim.lr == sft.Config().optim.lr == 5e-5  # SFT's default, not OptimConfig's
     assert config.sampling.max_new_tokens == sft.Config().sampling.max_new_tokens == 96
+
+
+def test_cli_dispatches_collect_subcommands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["collect", "export", "--db", str(tmp_path / "none.db"), "--out", str(tmp_path)]) == 2
+    assert "no collection database here" in capsys.readouterr().err
+    assert cli_main(["--help"]) == 0
+    assert "collect sample | serve | export" in capsys.readouterr().out

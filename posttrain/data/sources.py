@@ -24,8 +24,11 @@ def resolve_task(data: DataConfig) -> ModuleType | None:
     return None
 
 
-def load_split(data: DataConfig, split: str, kind: str, seed: int) -> list[dict[str, Any]]:
-    """Rows for ``split`` ("train" or "eval") of ``kind`` ("prompts" or "conversations")."""
+def load_split(data: DataConfig, split: str, kind: str, seed: int, *,
+               pairs: str = "all") -> list[dict[str, Any]]:
+    """Rows for ``split`` ("train" or "eval") of ``kind`` ("prompts", "conversations" or
+    "preferences"). Preferences come from a task's ``preference_rows`` or from a file of pairs or
+    of rankings, the latter expanded into pairs by ``pairs`` ("all" or "adjacent")."""
     if split == "eval" and not data.eval and not _is_task(data.train):
         return []  # a file dataset has no held-out split unless data.eval names one
     source = data.train if split == "train" else (data.eval or data.train)
@@ -33,10 +36,34 @@ def load_split(data: DataConfig, split: str, kind: str, seed: int) -> list[dict[
     task_split = "train" if split == "train" else "test"
     if _is_task(source):
         task = get_task(source)
+        if kind == "preferences":
+            return task.preference_rows(size, seed=seed, split=task_split, **data.options)
         make = task.sft_rows if kind == "conversations" else task.rows
-        return make(size, seed=seed, split=task_split, **data.options)
-    rows = load_rows(source, kind)
+        # `kind` chooses the preference pairs of a task; prompts and demonstrations do not take it
+        options = {k: v for k, v in data.options.items() if k != "kind"}
+        return make(size, seed=seed, split=task_split, **options)
+    rows = _load_preferences(source, pairs) if kind == "preferences" else load_rows(source, kind)
     return rows[:size] if split == "eval" else rows
+
+
+def _load_preferences(source: str, pairs: str) -> list[dict[str, Any]]:
+    """A file of pairs (prompt, chosen, rejected) or of rankings (prompt, responses, ranking), told
+    apart by its rows: a file whose rows lack 'chosen' but validate as rankings is a rankings file."""
+    from posttrain.data.preferences import rankings_to_pairs
+    from posttrain.errors import DataError
+
+    try:
+        return load_rows(source, "preferences")
+    except DataError as pair_error:
+        if pair_error.field != "chosen":
+            raise
+        try:
+            rankings = load_rows(source, "rankings")
+        except DataError as ranking_error:
+            # rows with no 'responses' either were meant as pairs: report what pairs lack
+            missing = ranking_error.field == "responses" and "missing required field" in str(ranking_error)
+            raise (pair_error if missing else ranking_error) from None
+    return rankings_to_pairs(rankings, pairs)
 
 
 class DataOrder:

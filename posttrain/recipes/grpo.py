@@ -36,7 +36,7 @@ from posttrain.models import ReferencePolicy
 from posttrain.rewards.base import score_completions
 from posttrain.rewards.setup import build_reward_fns, reward_metrics
 from posttrain.rollout import Rollouts, SamplingParams, generate, sync_weights
-from posttrain.runner import log_rollout_samples, setup
+from posttrain.runner import load_policy, log_rollout_samples, setup
 from posttrain.training import Stepper, accumulate, autocast, micro_batches
 
 
@@ -209,7 +209,10 @@ def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]]
     rewards = build_reward_fns(config.rewards, config.reward_weights, resolve_task(config.data), reward_fns)
     s = setup(config, "grpo", "prompts", train_rows, eval_rows,
               optimizer_steps_per_step=config.ppo_epochs * config.optimizer_steps_per_rollout)
-    reference = ReferencePolicy(s.model, config.reference) if config.beta > 0 else None
+    reference = None
+    if config.beta > 0:  # the starting weights: a resumed run's policy has moved, so load them again
+        start = load_policy(config.model)[0] if s.run.start_step and config.reference == "frozen" else s.model
+        reference = ReferencePolicy(start, config.reference)
     P, G = config.prompts_per_step, config.samples_per_prompt
     print(f"[grpo] N = P·G = {P}·{G} = {P * G} sequences per step, "
           f"{-(-P * G // config.micro_batch_size)} micro-batches of {config.micro_batch_size}, "

@@ -31,6 +31,7 @@ from posttrain.errors import ConfigError, RewardError
 from posttrain.rewards import code as code_rewards
 from posttrain.rewards import format as format_rewards
 from posttrain.rewards import math as math_rewards
+from posttrain.rewards import reward_model as model_rewards
 from posttrain.rewards.answers import completion_text
 
 __all__ = [
@@ -64,6 +65,11 @@ BUILTIN_REWARDS: dict[str, RewardFn] = {
     "code_tests": code_rewards.code_tests_reward,
 }
 
+REWARD_FACTORIES: dict[str, Callable[[str], RewardFn]] = {
+    "reward_model": model_rewards.reward_model_reward,
+}
+"""Rewards configured as ``name:argument``, e.g. ``reward_model:runs/rm/final`` (a trained reward model)."""
+
 
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
@@ -85,6 +91,9 @@ def resolve_reward(spec: str | Callable[..., Any]) -> tuple[str, RewardFn]:
             f"a reward must be a built-in name, 'file.py:function' or a callable, got {_short(spec)}"
         )
     spec = spec.strip()
+    if spec.partition(":")[0] in REWARD_FACTORIES:  # "reward_model:PATH": a function built from PATH
+        kind, _, argument = spec.partition(":")
+        return spec, REWARD_FACTORIES[kind](argument)
     if ":" not in spec:
         if spec in BUILTIN_REWARDS:
             return spec, BUILTIN_REWARDS[spec]

@@ -57,19 +57,21 @@ def test_run_directory_contents(tiny_model_dir: str, tmp_path: Path) -> None:
         assert key in keys, key
 
 
-def test_killed_run_resumes_to_same_weights(tiny_model_dir: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("beta", ["0.0", "0.5"])  # with β > 0 the reference must stay the start
+def test_killed_run_resumes_to_same_weights(tiny_model_dir: str, tmp_path: Path, beta: str) -> None:
     from safetensors.torch import load_file
 
-    full = grpo.train(_config(tiny_model_dir, tmp_path / "a", "run.steps=4", "run.save_every=2",
-                              "data.eval_size=0"))
-    first_half = _config(tiny_model_dir, tmp_path / "b", "run.steps=4", "run.save_every=2",
-                         "data.eval_size=0")
+    common = ("run.steps=4", "run.save_every=2", "data.eval_size=0", f"beta={beta}")
+    # a reward the random model's samples differ on, so the policy moves and the KL term matters
+    full = grpo.train(_config(tiny_model_dir, tmp_path / "a", *common), reward_fns=[vowel_start])
+    if beta != "0.0":
+        assert max(m.get("policy/kl", 0.0) for m in read_metrics(full)) > 0
+    first_half = _config(tiny_model_dir, tmp_path / "b", *common)
     # simulate a kill after step 2: run only 2 steps of a 4-step schedule, then resume
     first_half.run.steps = 2
-    grpo.train(first_half)
-    resumed = _config(tiny_model_dir, tmp_path / "b", "run.steps=4", "run.save_every=2", "data.eval_size=0",
-                      "run.resume=true")
-    resumed_dir = grpo.train(resumed)
+    grpo.train(first_half, reward_fns=[vowel_start])
+    resumed = _config(tiny_model_dir, tmp_path / "b", *common, "run.resume=true")
+    resumed_dir = grpo.train(resumed, reward_fns=[vowel_start])
     want = load_file(str(full / "final" / "model.safetensors"))
     got = load_file(str(resumed_dir / "final" / "model.safetensors"))
     assert want.keys() == got.keys()

@@ -17,7 +17,8 @@ def _config(tiny_model_dir: str, out: Path, *overrides: str) -> sft.Config:
     return load_config(sft.Config, None, [
         f"model.name={tiny_model_dir}", "model.autocast=none", f"run.output_dir={out}", "run.name=t",
         "run.progress=false", "run.steps=3", "batch_size=4", "micro_batch_size=2", "optim.lr=3e-3",
-        "optim.warmup_steps=0", "data.train=arithmetic", "data.train_size=16", "data.eval_size=2",
+        "optim.schedule=constant", "optim.warmup_steps=0", "data.train=arithmetic", "data.train_size=16",
+        "data.eval_size=2",
         "sampling.max_new_tokens=4", "sampling.dtype=float32", "data.options={style: think}", *overrides])
 
 

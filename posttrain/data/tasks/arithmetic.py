@@ -278,3 +278,62 @@ def sft_rows(n: int, seed: int, split: str = "train", style: str = "think", **op
         prompt = row.pop("prompt")
         out.append({"messages": [*prompt, {"role": "assistant", "content": reply}], **row})
     return out
+
+
+# ---------------------------------------------------------------- preference pairs
+
+PREFERENCE_KINDS = ("correctness", "format", "both")
+
+
+def _wrong_answer(problem: Problem, rng: random.Random) -> int:
+    """A plausible mistake: off by one or two, a dropped or doubled carry (±10), or swapped digits;
+    never the right answer, and never negative when the right answer is not."""
+    right = answer(problem)
+    swapped = int(str(abs(right))[::-1]) * (1 if right >= 0 else -1)
+    candidates = {right + d for d in (-10, -2, -1, 1, 2, 10)} | {swapped}
+    candidates = {c for c in candidates if c != right and (c >= 0 or right < 0)}
+    return rng.choice(sorted(candidates))
+
+
+def _reply(problem: Problem, value: int, style: str, tagged: bool = True) -> str:
+    """A reply stating `value` as the result in the format of `style` (untagged: the same words
+    without the answer block)."""
+    stated = f"{question(problem)} = {value}"
+    if style == "plain":
+        return str(value)
+    if not tagged:
+        return f"{stated}. The answer is {value}." if style == "tags" else f"{stated}."
+    if style == "think":
+        return f"<think>{stated}</think>\n<answer>{value}</answer>"
+    return f"{stated}\n<answer>{value}</answer>"
+
+
+def preference_rows(n: int, seed: int, split: str = "train", kind: str = "correctness",
+                    **options: Any) -> list[Row]:
+    """n preference pairs on the problems of ``rows(n, seed, split, **options)`` (same prompts):
+    rows with ``prompt``, ``chosen``, ``rejected`` plus the gold columns.
+
+    kind "correctness": chosen states the right answer, rejected a plausible wrong one
+    (``_wrong_answer``), both in the answer format of the style, so only the number differs.
+    kind "format": both state the right answer; chosen in the style's answer block, rejected
+    without it (not for style "plain", which has no block). kind "both": alternate rows of each.
+    Held-out pairs come from the test split, like every held-out row."""
+    _choice(kind, PREFERENCE_KINDS, "preference kind")
+    style = options.get("style", "tags")
+    if kind != "correctness" and style == "plain":
+        raise ConfigError(f"arithmetic: preference kind {kind!r} needs style tags or think: style "
+                          "plain has no answer block to prefer")
+    rng = random.Random(f"wrong-{seed}-{split}")
+    out = []
+    for i, row in enumerate(rows(n, seed, split, **options)):
+        a, op, b = row["question"].split(" ")
+        problem = (int(a), op, int(b))
+        right = answer(problem)
+        pair_kind = kind if kind != "both" else PREFERENCE_KINDS[i % 2]
+        if pair_kind == "correctness":
+            rejected = _reply(problem, _wrong_answer(problem, rng), style)
+        else:
+            rejected = _reply(problem, right, style, tagged=False)
+        out.append({**row, "chosen": _reply(problem, right, style), "rejected": rejected,
+                    "pair_kind": pair_kind})
+    return out
