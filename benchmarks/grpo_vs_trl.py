@@ -12,7 +12,8 @@ top-k), learning rate 1e-5 constant, AdamW (0.9, 0.99), gradient clipping at 1, 
 ``loss_type="grpo"``; its default is ``"dapo"``, so it is set explicitly), and the same micro-batch
 size (sequences per forward/backward; TRL's ``per_device_train_batch_size`` with
 ``gradient_accumulation_steps`` = N / micro so that one optimizer step sees exactly N = P·G samples
-from one generation of all N).
+from one generation of all N), and activation checkpointing on both sides (TRL's GRPO default;
+``--no-gradient-checkpointing`` turns it off on both).
 
 How: each side runs in its own child process, one after the other. TRL lives in its own virtual
 environment (created on first use at ``~/.cache/posttrain-bench/trl-venv``: the torch version of
@@ -84,6 +85,7 @@ class Settings:
     clip_eps: float = 0.2
     shots: int = 1
     max_micro_batch: int = DEFAULT_MICRO_BATCH
+    gradient_checkpointing: bool = True  # TRL's GRPOConfig default; set on both sides
 
     @property
     def sequences(self) -> int:
@@ -180,7 +182,9 @@ def ours_overrides(s: Settings, model: Path, precision: str, output_dir: Path, n
         "data.train=arithmetic", f"data.options={{style: tags, shots: {s.shots}}}",
         f"data.train_size={TRAIN_SIZE}",
         "data.eval_size=0", f"prompts_per_step={s.prompts}", f"samples_per_prompt={s.samples}",
-        f"micro_batch_size={s.micro_batch}", "ppo_epochs=1", f"sampling.max_new_tokens={s.max_new_tokens}",
+        f"micro_batch_size={s.micro_batch}",
+        f"model.gradient_checkpointing={str(s.gradient_checkpointing).lower()}", "ppo_epochs=1",
+        f"sampling.max_new_tokens={s.max_new_tokens}",
         f"sampling.temperature={s.temperature}", "sampling.top_p=1.0", "sampling.top_k=0",
         f"sampling.dtype={sampling_dtype}", "sampling.backend=torch", f"optim.lr={s.lr}",
         "optim.warmup_steps=0", "optim.schedule=constant", f"optim.beta1={s.adam_betas[0]}",
@@ -312,7 +316,8 @@ def _trl_config(s: Settings, output_dir: str) -> Any:
         max_completion_length=s.max_new_tokens, temperature=s.temperature, top_p=1.0, top_k=0,
         learning_rate=s.lr, lr_scheduler_type="constant", warmup_steps=0, adam_beta1=s.adam_betas[0],
         adam_beta2=s.adam_betas[1], weight_decay=0.0, max_grad_norm=s.max_grad_norm, beta=s.beta,
-        num_iterations=1, epsilon=s.clip_eps, loss_type=TRL_LOSS[s.loss_agg], scale_rewards="group",
+        gradient_checkpointing=s.gradient_checkpointing, num_iterations=1, epsilon=s.clip_eps,
+        loss_type=TRL_LOSS[s.loss_agg], scale_rewards="group",
         shuffle_dataset=False, remove_unused_columns=False, logging_steps=1, report_to="none",
         save_strategy="no", disable_tqdm=True, log_completions=False, dataloader_num_workers=0)
 
@@ -381,7 +386,7 @@ def trl_child(config_path: Path) -> None:
                                train_dataset=datasets.Dataset.from_list(config["rows"]), callbacks=[recorder])
     keys = ("per_device_train_batch_size", "gradient_accumulation_steps", "generation_batch_size",
             "steps_per_generation", "num_generations", "loss_type", "scale_rewards", "optim",
-            "lr_scheduler_type")
+            "lr_scheduler_type", "gradient_checkpointing")
     effective = {k: str(getattr(args, k)) for k in keys}
     print(f"[trl child] torch threads {torch.get_num_threads()}, GRPOConfig {effective}", flush=True)
     trainer.train()
@@ -451,6 +456,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "default %(default)s; the main job uses 32)")
     p.add_argument("--shots", type=int, default=1,
                    help="solved examples before each question, as in the main job (default 1)")
+    p.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false",
+                   help="turn activation checkpointing off on both sides (on by default: TRL's GRPO default)")
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--beta", type=float, default=0.0, help="KL coefficient β (0: no reference model)")
     p.add_argument("--loss-agg", choices=sorted(TRL_LOSS), default="sequence_mean",
@@ -499,7 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     s = Settings(steps=args.steps, prompts=args.prompts, samples=args.samples,
                  max_new_tokens=args.max_new_tokens, seed=args.seed, lr=args.lr, beta=args.beta,
-                 loss_agg=args.loss_agg, shots=args.shots, max_micro_batch=args.micro_batch)
+                 loss_agg=args.loss_agg, shots=args.shots, max_micro_batch=args.micro_batch,
+                 gradient_checkpointing=args.gradient_checkpointing)
     workdir = Path(tempfile.mkdtemp(prefix="grpo-vs-trl-"))
     try:
         results = run_all(args, s, workdir)

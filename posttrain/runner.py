@@ -19,7 +19,14 @@ from torch import nn
 
 from posttrain.checkpoint import Checkpointer, find_resume_checkpoint
 from posttrain.config import ModelConfig, RunConfig, to_dict
-from posttrain.models import add_lora, count_parameters, load_model, load_tokenizer, resolve_device
+from posttrain.models import (
+    add_lora,
+    count_parameters,
+    enable_activation_checkpointing,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+)
 from posttrain.models import save_pretrained as save_hf
 from posttrain.tracking import Tracker, make_run_dir
 
@@ -36,7 +43,7 @@ def load_policy(model_config: ModelConfig) -> tuple[nn.Module, Any, torch.device
     tokenizer = load_tokenizer(model_config.name)
     model = load_model(model_config.name, dtype=model_config.dtype, device=str(device))
     if model_config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     if model_config.lora_rank > 0:
         targets: list[str] | str = model_config.lora_targets
         if targets != "all-linear":

@@ -246,6 +246,8 @@ class Tracker:
             previous = _flatten(yaml.safe_load(path.read_text()) or {})
             current = _flatten(config)
             for key in sorted(set(previous) | set(current)):
+                if key in ("run.resume", "run.overwrite"):  # how this attempt started, not what it computes
+                    continue
                 if previous.get(key) != current.get(key):
                     changes.append(f"{key}: {previous.get(key)!r} -> {current.get(key)!r}")
             if changes:

@@ -67,7 +67,7 @@ class Config:
 
 def load_reward_model(model_config: ModelConfig) -> tuple[nn.Module, Any, torch.device]:
     """Step 2: a reward model to continue training, or a causal LM's backbone with a new score head."""
-    from posttrain.models import resolve_device, resolve_model_path
+    from posttrain.models import enable_activation_checkpointing, resolve_device, resolve_model_path
     from posttrain.rewards.reward_model import load_score_model
 
     path, gguf = resolve_model_path(model_config.name)
@@ -79,7 +79,7 @@ def load_reward_model(model_config: ModelConfig) -> tuple[nn.Module, Any, torch.
         model = score_model_from_causal_lm(causal_lm, tokenizer.pad_token_id)
         del causal_lm  # the backbone's weights were copied; the output layer is not needed
     if model_config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     return model.train(), tokenizer, device
 
 
