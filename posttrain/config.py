@@ -70,6 +70,39 @@ class DataConfig:
     """System message prepended to every prompt (empty: the chat template's default)."""
     max_prompt_tokens: int = 256
     """Longer prompts are an error naming the row."""
+    mix: list[dict[str, Any]] = field(default_factory=list)
+    """Other sources mixed into the training rows, each making up `fraction` of the final training set
+    (the rest is `train`), e.g. [{train: instructions, fraction: 0.25, options: {}}]; `train` is a task
+    or a file as above (a task gives the rows needed, a file's rows are drawn, repeated if too few)."""
+
+    def check(self) -> list[str]:
+        problems, total = [], 0.0
+        for i, entry in enumerate(self.mix):
+            where = f"mix[{i}]"
+            if not isinstance(entry, dict):
+                problems.append(f"{where}: expected a mapping with keys {', '.join(MIX_KEYS)}; got {entry!r}")
+                continue
+            for key in entry:
+                if key not in MIX_KEYS:
+                    close = difflib.get_close_matches(str(key), MIX_KEYS, n=1)
+                    hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(MIX_KEYS)}"
+                    problems.append(f"{where}.{key}: unknown key; {hint}")
+            train, fraction, options = entry.get("train"), entry.get("fraction"), entry.get("options", {})
+            if not isinstance(train, str) or not train.strip():
+                problems.append(f"{where}.train: must name a task or a file; got {train!r}")
+            if isinstance(fraction, int | float) and not isinstance(fraction, bool) and 0 < fraction < 1:
+                total += fraction
+            else:
+                problems.append(f"{where}.fraction: must be a number in (0, 1); got {fraction!r}")
+            if options is not None and not isinstance(options, dict):
+                problems.append(f"{where}.options: expected a mapping of task options; got {options!r}")
+        if total >= 1:
+            problems.append(f"mix: fractions sum to {total:g}; they must sum to less than 1 "
+                            "(the rest is `train`)")
+        return problems
+
+
+MIX_KEYS = ("train", "fraction", "options")
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from posttrain.config import DataConfig
 from posttrain.data.formats import load_rows
 from posttrain.data.tasks import TASKS, get_task
+from posttrain.errors import ConfigError
 
 
 def _is_task(source: str) -> bool:
@@ -28,22 +30,56 @@ def load_split(data: DataConfig, split: str, kind: str, seed: int, *,
                pairs: str = "all") -> list[dict[str, Any]]:
     """Rows for ``split`` ("train" or "eval") of ``kind`` ("prompts", "conversations" or
     "preferences"). Preferences come from a task's ``preference_rows`` or from a file of pairs or
-    of rankings, the latter expanded into pairs by ``pairs`` ("all" or "adjacent")."""
+    of rankings, the latter expanded into pairs by ``pairs`` ("all" or "adjacent"). Training rows
+    get ``data.mix`` added (see ``_mix``)."""
     if split == "eval" and not data.eval and not _is_task(data.train):
         return []  # a file dataset has no held-out split unless data.eval names one
+    problems = data.check() if split == "train" else []  # a DataConfig built in Python skips load_config
+    if problems:
+        raise ConfigError([f"data.{problem}" for problem in problems])
     source = data.train if split == "train" else (data.eval or data.train)
     size = data.train_size if split == "train" else data.eval_size
     task_split = "train" if split == "train" else "test"
+    rows = _source_rows(source, kind, size, seed, task_split, data.options, pairs)
+    if split == "eval":
+        return rows[:size]
+    return _mix(rows, data, kind, seed, pairs) if data.mix else rows
+
+
+def _source_rows(source: str, kind: str, size: int, seed: int, task_split: str, options: dict[str, Any],
+                 pairs: str) -> list[dict[str, Any]]:
+    """``size`` rows of a task's ``task_split``, or every row of a file."""
     if _is_task(source):
         task = get_task(source)
         if kind == "preferences":
-            return task.preference_rows(size, seed=seed, split=task_split, **data.options)
+            return task.preference_rows(size, seed=seed, split=task_split, **options)
         make = task.sft_rows if kind == "conversations" else task.rows
         # `kind` chooses the preference pairs of a task; prompts and demonstrations do not take it
-        options = {k: v for k, v in data.options.items() if k != "kind"}
-        return make(size, seed=seed, split=task_split, **options)
-    rows = _load_preferences(source, pairs) if kind == "preferences" else load_rows(source, kind)
-    return rows[:size] if split == "eval" else rows
+        return make(size, seed=seed, split=task_split, **{k: v for k, v in options.items() if k != "kind"})
+    return _load_preferences(source, pairs) if kind == "preferences" else load_rows(source, kind)
+
+
+def _mix(rows: list[dict[str, Any]], data: DataConfig, kind: str, seed: int,
+         pairs: str) -> list[dict[str, Any]]:
+    """``rows`` with each ``data.mix`` source's rows added so that it makes up its ``fraction`` of
+    the result (counts rounded to whole rows), shuffled by ``seed``. A task source gives exactly
+    the rows needed (its train split, seed ``seed + 1 + i``); a file source's rows are drawn in a
+    seeded order, cycling through them again when the file holds fewer. Rows keep their ``_where``."""
+    total = len(rows) / (1 - sum(entry["fraction"] for entry in data.mix))
+    mixed = list(rows)
+    for i, entry in enumerate(data.mix):
+        count, options = round(entry["fraction"] * total), entry.get("options") or {}
+        try:
+            drawn = _source_rows(entry["train"], kind, count, seed + 1 + i, "train", options, pairs)
+        except ConfigError as error:
+            raise ConfigError([f"data.mix[{i}] ({entry['train']}): {p}" for p in error.problems]) from None
+        if not _is_task(entry["train"]):
+            order = list(range(len(drawn)))
+            random.Random(f"mix-{seed}-{i}").shuffle(order)
+            drawn = [dict(drawn[order[j % len(order)]]) for j in range(count)]
+        mixed.extend(drawn)
+    random.Random(f"mix-{seed}").shuffle(mixed)
+    return mixed
 
 
 def _load_preferences(source: str, pairs: str) -> list[dict[str, Any]]:
@@ -82,8 +118,6 @@ class DataOrder:
     def _index(self, position: int) -> int:
         epoch, offset = divmod(position, len(self.rows))
         if epoch != self._epoch:
-            import random
-
             self._perm = list(range(len(self.rows)))
             random.Random(self.seed * 1_000_003 + epoch).shuffle(self._perm)
             self._epoch = epoch

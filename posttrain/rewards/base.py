@@ -30,6 +30,7 @@ import torch
 from posttrain.errors import ConfigError, RewardError
 from posttrain.rewards import code as code_rewards
 from posttrain.rewards import format as format_rewards
+from posttrain.rewards import language as language_rewards
 from posttrain.rewards import math as math_rewards
 from posttrain.rewards import reward_model as model_rewards
 from posttrain.rewards.answers import completion_text
@@ -63,12 +64,15 @@ BUILTIN_REWARDS: dict[str, RewardFn] = {
     "numeric_answer": format_rewards.numeric_answer,
     "math_verify_answer": math_rewards.math_verify_answer,
     "code_tests": code_rewards.code_tests_reward,
+    "language_consistency": language_rewards.language_consistency,
 }
 
 REWARD_FACTORIES: dict[str, Callable[[str], RewardFn]] = {
     "reward_model": model_rewards.reward_model_reward,
+    "language_consistency": language_rewards.language_consistency_reward,
 }
-"""Rewards configured as ``name:argument``, e.g. ``reward_model:runs/rm/final`` (a trained reward model)."""
+"""Rewards configured as ``name:argument``, e.g. ``reward_model:runs/rm/final`` (a trained reward model)
+or ``language_consistency:zh`` (R1's language reward for another target language)."""
 
 
 def _short(value: Any, limit: int = 60) -> str:

@@ -93,9 +93,9 @@ def test_option_errors(options: dict, message: str) -> None:
 
 
 def test_task_registry() -> None:
-    assert {"arithmetic": arithmetic} == TASKS and get_task("arithmetic") is arithmetic
+    assert TASKS["arithmetic"] is arithmetic and get_task("arithmetic") is arithmetic
     with pytest.raises(ConfigError, match=r"unknown task 'arithmetc'; did you mean 'arithmetic'\? "
-                                          r"\(known tasks: arithmetic\)"):
+                                          r"\(known tasks: arithmetic, instructions\)"):
         get_task("arithmetc")
 
 
@@ -238,3 +238,21 @@ def test_demo_fraction_is_a_train_only_curriculum() -> None:
     assert all(len(r["prompt"]) == 1 for r in test)  # held-out prompts stay zero-shot
     with pytest.raises(ConfigError, match=r"demo_fraction must be in \[0, 1\], got 1.5"):
         arithmetic.rows(2, seed=0, demo_fraction=1.5)
+
+
+def test_worked_preference_pairs_differ_by_one_slip_followed_through() -> None:
+    pairs = arithmetic.preference_rows(200, seed=3, kind="worked", style="think", digits=2)
+    for row in pairs:
+        assert arithmetic.check(row["chosen"], row) and not arithmetic.check(row["rejected"], row)
+        assert arithmetic.format_ok(row["rejected"], row)  # same shape: only the working is wrong
+        chosen = row["chosen"].split("<think>")[1].split("</think>")[0].split("; ")
+        rejected = row["rejected"].split("<think>")[1].split("</think>")[0].split("; ")
+        first_slip = next(i for i, (c, r) in enumerate(zip(chosen, rejected)) if c != r)
+        assert chosen[:first_slip] == rejected[:first_slip]
+        # the rejected answer is the one its own working leads to
+        assert rejected[-1].endswith(f"= {row['rejected'].split('<answer>')[1].split('<')[0]}.")
+    # both slips occur: a forgotten carry (one "+ 1" fewer) in some pairs, a wrong digit sum in others
+    dropped_carry = sum(r["chosen"].count("+ 1 =") > r["rejected"].count("+ 1 =") for r in pairs)
+    assert 0 < dropped_carry < len(pairs)
+    with pytest.raises(ConfigError, match=r"kind 'worked'.*needs style think and ops"):
+        arithmetic.preference_rows(2, seed=0, kind="worked", style="tags")

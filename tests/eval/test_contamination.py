@@ -146,8 +146,9 @@ def test_command_arithmetic_splits_are_clean_until_a_test_prompt_is_planted(tmp_
     ({"ngram": 0}, r"'ngram' must be >= 1; got 0"),
     ({"boilerplate_fraction": 0}, r"'boilerplate_fraction' must be in \(0, 1\]; got 0"),
     ({"train_kind": "chats"}, r"'train_kind' must be auto or one of prompts, conversations"),
-    ({"benchmark": "mbpp"}, r"'benchmark' must be arithmetic, humaneval or a data file \(\.jsonl"),
-    ({"train": "wiki"}, r"'train' must be arithmetic or a data file"),
+    ({"benchmark": "mbpp"},
+     r"'benchmark' must be arithmetic, instructions, humaneval or a data file \(\.jsonl"),
+    ({"train": "wiki"}, r"'train' must be arithmetic, instructions or a data file"),
 ])
 def test_config_errors(values: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):

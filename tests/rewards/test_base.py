@@ -42,6 +42,7 @@ def reward_file(tmp_path: Path) -> Path:
 def test_resolve_builtins_and_callables() -> None:
     assert resolve_reward("exact_answer") == ("exact_answer", format_rewards.exact_answer)
     assert set(BUILTIN_REWARDS) == {
+        "language_consistency",
         "think_answer_format",
         "answer_tag_format",
         "answer_tag_count",

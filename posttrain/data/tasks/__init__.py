@@ -13,11 +13,12 @@ from __future__ import annotations
 import difflib
 from types import ModuleType
 
-from posttrain.data.tasks import arithmetic
+from posttrain.data.tasks import arithmetic, instructions
 from posttrain.errors import ConfigError
 
 TASKS: dict[str, ModuleType] = {
     "arithmetic": arithmetic,
+    "instructions": instructions,
 }
 
 

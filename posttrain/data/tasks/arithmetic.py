@@ -211,18 +211,26 @@ def _digits_of(value: int) -> list[int]:
     return [int(d) for d in reversed(str(value))]
 
 
-def _addition_steps(a: int, b: int) -> list[str]:
-    steps, carry = [], 0
+def _addition_steps(a: int, b: int, slip: tuple[int, str] | None = None) -> tuple[list[str], int]:
+    """Column addition with carries written out, and the number it writes. ``slip`` = (column, kind)
+    makes one mistake there, carried through the rest: "fact" (the column's sum off by one) or
+    "carry" (the carry into that column forgotten)."""
+    steps, carry, written = [], 0, []
     da, db = _digits_of(a), _digits_of(b)
     for i in range(max(len(da), len(db))):
-        terms = [d[i] for d in (da, db) if i < len(d)] + ([carry] if carry else [])
+        dropped = slip == (i, "carry") and carry
+        terms = [d[i] for d in (da, db) if i < len(d)] + ([carry] if carry and not dropped else [])
         total = sum(terms)
+        if slip == (i, "fact"):
+            total += 1 if total % 10 != 9 else -1  # a wrong digit, never a changed carry
         carry = total // 10
+        written.append(total % 10)
         steps.append(f"{' + '.join(map(str, terms))} = {total}, write {total % 10}"
                      + (f" carry {carry}" if carry else ""))
     if carry:
         steps.append(f"write the last carry {carry}")
-    return steps
+        written.append(carry)
+    return steps, int("".join(map(str, reversed(written))))
 
 
 def _subtraction_steps(top: int, bottom: int) -> list[str]:
@@ -255,7 +263,7 @@ def solution(problem: Problem) -> str:
     """The worked answer, digit by digit: carries for "+", borrows for "-", partial products for "*"."""
     a, op, b = problem
     if op == "+":
-        steps = _addition_steps(a, b)
+        steps = _addition_steps(a, b)[0]
     elif op == "*":
         steps = _multiplication_steps(a, b)
     elif a >= b:
@@ -282,7 +290,7 @@ def sft_rows(n: int, seed: int, split: str = "train", style: str = "think", **op
 
 # ---------------------------------------------------------------- preference pairs
 
-PREFERENCE_KINDS = ("correctness", "format", "both")
+PREFERENCE_KINDS = ("correctness", "format", "both", "worked")
 
 
 def _wrong_answer(problem: Problem, rng: random.Random) -> int:
@@ -293,6 +301,17 @@ def _wrong_answer(problem: Problem, rng: random.Random) -> int:
     candidates = {right + d for d in (-10, -2, -1, 1, 2, 10)} | {swapped}
     candidates = {c for c in candidates if c != right and (c >= 0 or right < 0)}
     return rng.choice(sorted(candidates))
+
+
+def _flawed_solution(problem: Problem, rng: random.Random) -> tuple[str, int]:
+    """A worked addition with one slip (a digit sum off by one, or a forgotten carry) followed through
+    to a wrong result, written like ``solution``; returns (text, the wrong result)."""
+    a, _, b = problem
+    columns = max(len(str(a)), len(str(b)))
+    slips = [(i, "fact") for i in range(columns)]
+    slips += [(i, "carry") for i in range(1, columns) if _addition_steps(a, b)[0][i - 1].endswith("carry 1")]
+    steps, value = _addition_steps(a, b, rng.choice(slips))
+    return f"{'; '.join(steps)}. So {question(problem)} = {value}.", value
 
 
 def _reply(problem: Problem, value: int, style: str, tagged: bool = True) -> str:
@@ -320,6 +339,9 @@ def preference_rows(n: int, seed: int, split: str = "train", kind: str = "correc
     Held-out pairs come from the test split, like every held-out row."""
     _choice(kind, PREFERENCE_KINDS, "preference kind")
     style = options.get("style", "tags")
+    if kind == "worked" and (style != "think" or list(options.get("ops", ["+"])) != ["+"]):
+        raise ConfigError("arithmetic: preference kind 'worked' (worked additions, one with a slip) needs "
+                          "style think and ops [+]")
     if kind != "correctness" and style == "plain":
         raise ConfigError(f"arithmetic: preference kind {kind!r} needs style tags or think: style "
                           "plain has no answer block to prefer")
@@ -330,10 +352,35 @@ def preference_rows(n: int, seed: int, split: str = "train", kind: str = "correc
         problem = (int(a), op, int(b))
         right = answer(problem)
         pair_kind = kind if kind != "both" else PREFERENCE_KINDS[i % 2]
+        if pair_kind == "worked":
+            flawed, wrong = _flawed_solution(problem, rng)
+            chosen = f"<think>{solution(problem)}</think>\n<answer>{right}</answer>"
+            rejected = f"<think>{flawed}</think>\n<answer>{wrong}</answer>"
+            out.append({**row, "chosen": chosen, "rejected": rejected, "pair_kind": pair_kind})
+            continue
         if pair_kind == "correctness":
             rejected = _reply(problem, _wrong_answer(problem, rng), style)
         else:
             rejected = _reply(problem, right, style, tagged=False)
         out.append({**row, "chosen": _reply(problem, right, style), "rejected": rejected,
                     "pair_kind": pair_kind})
+    return out
+
+
+# ---------------------------------------------------------------- thumbs feedback (KTO)
+
+
+def feedback_rows(n: int, seed: int, split: str = "train", kind: str = "correctness",
+                  **options: Any) -> list[Row]:
+    """n unpaired thumbs rows on the problems of ``preference_rows(n, seed, split, kind, **options)``:
+    ``prompt``, ``completion`` and ``label`` plus the gold columns. Each problem contributes one
+    response, never both: its pair's chosen one with label true (thumbs up) or its rejected one with
+    label false. Half the rows (rounded up) are thumbs up, in a seeded order, so KTO's
+    λ_D·n_D / (λ_U·n_U) stays within the advised [1, 4/3] with equal weights (n ≥ 7)."""
+    labels = [i < (n + 1) // 2 for i in range(n)]
+    random.Random(f"thumbs-{seed}-{split}").shuffle(labels)
+    out = []
+    for pair, up in zip(preference_rows(n, seed, split, kind, **options), labels):
+        row = {k: v for k, v in pair.items() if k not in ("chosen", "rejected")}
+        out.append({**row, "completion": pair["chosen"] if up else pair["rejected"], "label": up})
     return out
