@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rm": ("posttrain.recipes.reward_model", "reward model (Bradley-Terry) on preference pairs or rankings"),
     "score": ("posttrain.score", "score (prompt, response) rows with a trained reward model"),
     "dpo": ("posttrain.recipes.dpo", "direct preference optimization (DPO, IPO, hinge) on preference pairs"),
+    "orpo": ("posttrain.recipes.orpo", "ORPO on preference pairs (SFT + odds ratio, no reference model)"),
+    "kto": ("posttrain.recipes.kto", "KTO on thumbs up/down (unpaired) feedback"),
     "eval": ("posttrain.eval.command", "score a model or run on arithmetic, HumanEval or a file; --compare"),
     "contamination": ("posttrain.eval.contamination", "n-gram overlap of a training set with a benchmark"),
 }

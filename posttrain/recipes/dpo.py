@@ -32,20 +32,23 @@ from posttrain.config import DataConfig, ModelConfig, OptimConfig, RunConfig, Sa
 from posttrain.data.preferences import (
     EncodedPair,
     PairsConfig,
-    collate_pairs,
     describe_pairs,
     encoded_splits,
     pair_step,
-    pairwise_metrics,
-    score_pairs,
     step_throughput,
 )
 from posttrain.data.sources import DataOrder
-from posttrain.logprobs import shared_prompt_logprobs, token_logprobs
 from posttrain.losses import dpo_loss
 from posttrain.models import ReferencePolicy
+from posttrain.preference_training import (
+    ImplicitRewards,
+    paired_logps,
+    preference_evaluation,
+    reference_policy,
+    reference_problems,
+    sequence_logps,
+)
 from posttrain.runner import Setup, load_policy, setup
-from posttrain.training import autocast, micro_batches
 
 REFERENCES = ("frozen", "adapter", "precomputed")
 LOSSES = ("sigmoid", "ipo", "hinge")
@@ -72,39 +75,21 @@ class Config:
     """frozen (a copy), adapter (LoRA switched off; needs model.lora_rank > 0) or precomputed."""
 
     def check(self) -> list[str]:
-        problems = []
-        if self.beta <= 0:
-            problems.append(f"'beta' must be > 0; got {self.beta}")
-        for key, allowed in {"loss": LOSSES, "reference": REFERENCES}.items():
-            if getattr(self, key) not in allowed:
-                problems.append(f"'{key}' must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
+        problems = reference_problems(self.beta, self.reference, REFERENCES, self.model.lora_rank)
+        if self.loss not in LOSSES:
+            problems.append(f"'loss' must be one of {', '.join(LOSSES)}; got {self.loss!r}")
         if not 0 <= self.label_smoothing < 0.5:
             problems.append(f"'label_smoothing' must be in [0, 0.5); got {self.label_smoothing}")
         if self.label_smoothing > 0 and self.loss != "sigmoid":
             problems.append(f"'label_smoothing' applies to loss sigmoid only, not {self.loss!r}")
-        if self.reference == "adapter" and self.model.lora_rank == 0:
-            problems.append("reference 'adapter' needs a LoRA policy: set model.lora_rank > 0")
         return problems
-
-
-def sequence_logps(config: Config, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Step 1: log π(y|x) of each row of a pair batch, summed over the response tokens -> [2B]."""
-    mask_NT = batch["loss_mask"]
-    score = shared_prompt_logprobs if config.pairs.share_prompts else token_logprobs
-    with autocast(config.model, batch["input_ids"].device):
-        logprobs_NT, _ = score(model, batch["input_ids"], batch["attention_mask"], mask_NT)
-    return (logprobs_NT * mask_NT).sum(-1)  # the shared path also scores what follows the end of turn
 
 
 def reference_logps(config: Config, model: nn.Module, pairs: list[EncodedPair], pad_id: int,
                     device: torch.device) -> torch.Tensor:
     """Step 2: log π_ref of chosen and rejected for each pair -> [B, 2], in the step's micro-batches."""
-    parts = []
-    with torch.no_grad():
-        for rows in micro_batches(len(pairs), config.pairs.micro_batch_size):
-            batch = collate_pairs(pairs[rows], pad_id, device)
-            parts.append(sequence_logps(config, model, batch).view(-1, 2))
-    return torch.cat(parts)
+    return paired_logps(model, [(pair.chosen, pair.rejected) for pair in pairs], config.model,
+                        config.pairs.share_prompts, config.pairs.micro_batch_size, pad_id, device)
 
 
 def dpo_step(config: Config, model: nn.Module, stepper: Any, pairs: list[EncodedPair],
@@ -112,7 +97,7 @@ def dpo_step(config: Config, model: nn.Module, stepper: Any, pairs: list[Encoded
     """Steps 3-4: the DPO loss over the step's pairs, micro-batch by micro-batch; one optimizer step."""
 
     def loss_of(batch: dict[str, torch.Tensor], rows: slice) -> tuple[torch.Tensor, dict[str, float]]:
-        logps_N = sequence_logps(config, model, batch)
+        logps_N = sequence_logps(model, batch, config.model, config.pairs.share_prompts)  # step 1
         ref_b2 = ref_B2[rows].to(logps_N.device)
         loss, metrics = dpo_loss(logps_N[0::2], logps_N[1::2], ref_b2[:, 0], ref_b2[:, 1], config.beta,
                                  config.loss, config.label_smoothing)
@@ -124,18 +109,14 @@ def dpo_step(config: Config, model: nn.Module, stepper: Any, pairs: list[Encoded
 
 
 class References:
-    """Where π_ref's log-probs come from (step 2), and the held-out pairs' ones, kept for resumes."""
+    """Where π_ref's log-probs of the training pairs come from (step 2), kept for resumes."""
 
-    def __init__(self, config: Config, s: Setup, pairs: list[EncodedPair], eval_pairs: list[EncodedPair]):
-        self.config, self.s, self.pairs, self.eval_pairs = config, s, pairs, eval_pairs
+    def __init__(self, config: Config, s: Setup, pairs: list[EncodedPair]):
+        self.config, self.s, self.pairs = config, s, pairs
         self.policy: ReferencePolicy | None = None
         if config.reference != "precomputed":
-            # a resumed run's weights moved: a frozen reference is the starting model, loaded again
-            resumed = config.reference == "frozen" and s.run.start_step > 0
-            start = load_policy(config.model)[0] if resumed else s.model
-            self.policy = ReferencePolicy(start, config.reference)
+            self.policy = reference_policy(config.reference, s)
         saved = s.run.state
-        self.eval_B2 = torch.tensor(saved["ref_eval"]) if "ref_eval" in saved else None
         self.train: dict[int, list[float]] = {int(k): v for k, v in saved.get("ref_train", {}).items()}
         if config.reference == "precomputed" and s.run.start_step == 0:
             self._precompute()
@@ -169,40 +150,7 @@ class References:
             return self.compute(ref_model, [self.pairs[i] for i in indices])
 
     def state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {}
-        if self.train:
-            state["ref_train"] = {str(k): v for k, v in self.train.items()}
-        if self.eval_B2 is not None:
-            state["ref_eval"] = self.eval_B2.tolist()
-        return state
-
-
-def preference_evaluation(config: Config, s: Setup, refs: References) -> Any:
-    """Step 5: ``evaluate(step)`` logging eval/preference_accuracy and eval/reward_margin."""
-
-    def evaluate(step: int) -> dict[str, float]:
-        if not refs.eval_pairs:
-            return {}
-        logps = lambda batch: sequence_logps(config, s.model, batch)  # noqa: E731
-        chosen_B, rejected_B = score_pairs(s.model, refs.eval_pairs, logps, config.pairs.micro_batch_size,
-                                           s.tokenizer.pad_token_id, s.device)
-        if refs.eval_B2 is None:  # a fresh run's first evaluation: the policy is the reference
-            refs.eval_B2 = torch.stack([chosen_B, rejected_B], dim=1).cpu()
-        ref_B2 = refs.eval_B2.to(chosen_B.device)
-        rewards_chosen_B = config.beta * (chosen_B - ref_B2[:, 0])
-        rewards_rejected_B = config.beta * (rejected_B - ref_B2[:, 1])
-        scores = pairwise_metrics(rewards_chosen_B, rewards_rejected_B)
-        metrics = {"preference_accuracy": scores["pairwise_accuracy"], "reward_margin": scores["mean_margin"]}
-        s.run.tracker.log(step, {f"eval/{k}": v for k, v in metrics.items()})
-        print(f"[eval] step {step}: preference accuracy {metrics['preference_accuracy']:.1%}, "
-              f"implicit reward margin {metrics['reward_margin']:.4f} on {len(refs.eval_pairs)} held-out "
-              "pairs")
-        if step == config.run.steps and "preference_accuracy" in s.eval_before:
-            print(f"[dpo] held-out preference accuracy {s.eval_before['preference_accuracy']:.1%} -> "
-                  f"{metrics['preference_accuracy']:.1%}")
-        return metrics
-
-    return evaluate
+        return {"ref_train": {str(k): v for k, v in self.train.items()}} if self.train else {}
 
 
 def train(config: Config, *, train_rows: list[dict[str, Any]] | None = None,
@@ -211,8 +159,11 @@ def train(config: Config, *, train_rows: list[dict[str, Any]] | None = None,
     the greedy task evaluation uses the task's own held-out prompts)."""
     rows, pairs, eval_pairs = encoded_splits(config, train_rows, eval_rows)
     s = setup(config, "dpo", "preferences", train_rows=rows)
-    refs = References(config, s, pairs, eval_pairs)
-    s.also_evaluate(preference_evaluation(config, s, refs))
+    refs = References(config, s, pairs)
+    implicit_rewards = ImplicitRewards(config.beta, s.run.state)
+    logps = lambda batch: sequence_logps(s.model, batch, config.model, config.pairs.share_prompts)  # noqa: E731
+    s.also_evaluate(preference_evaluation("dpo", s, eval_pairs, config.pairs.micro_batch_size, logps,
+                                          implicit_rewards))
     describe_pairs("dpo", config.pairs, pairs, eval_pairs,
                    f"; β = {config.beta}, loss {config.loss}, reference {config.reference}")
     order = DataOrder(list(range(len(pairs))), config.run.seed, used=s.run.state.get("rows_used", 0))
@@ -225,6 +176,6 @@ def train(config: Config, *, train_rows: list[dict[str, Any]] | None = None,
         metrics = dpo_step(config, s.model, s.stepper, step_pairs, ref_B2, s.tokenizer.pad_token_id, s.device)
         metrics.update({"time/reference_s": reference_s, **step_throughput(step_pairs, started)})
         s.run.tracker.log(step, metrics)
-        s.end_of_step(step, {"rows_used": order.used, **refs.state()})
+        s.end_of_step(step, {"rows_used": order.used, **refs.state(), **implicit_rewards.state()})
     plot_keys = ["train/loss", "train/rewards/margin", "eval/preference_accuracy", "eval/accuracy"]
     return s.finish("dpo", plot_keys=plot_keys)
