@@ -29,8 +29,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dpo": ("posttrain.recipes.dpo", "direct preference optimization (DPO, IPO, hinge) on preference pairs"),
     "orpo": ("posttrain.recipes.orpo", "ORPO on preference pairs (SFT + odds ratio, no reference model)"),
     "kto": ("posttrain.recipes.kto", "KTO on thumbs up/down (unpaired) feedback"),
+    "ppo": ("posttrain.recipes.ppo", "RLHF with PPO: policy, reference, reward model, critic (GAE)"),
+    "best-of-n": ("posttrain.recipes.best_of_n", "best-of-N / rejection sampling into SFT data, then SFT"),
     "eval": ("posttrain.eval.command", "score a model or run on arithmetic, HumanEval or a file; --compare"),
     "contamination": ("posttrain.eval.contamination", "n-gram overlap of a training set with a benchmark"),
+    "pipeline": ("posttrain.recipes.pipeline", "stages (sft, grpo, best-of-n...) in one config, resumable"),
 }
 
 

@@ -28,16 +28,23 @@ import torch
 
 from posttrain.advantages import group_advantages, zero_std_groups
 from posttrain.config import DataConfig, ModelConfig, OptimConfig, RunConfig, SamplingConfig
-from posttrain.data.chat import prompt_messages
-from posttrain.data.sources import DataOrder, resolve_task, reward_columns
+from posttrain.data.sources import DataOrder, resolve_task
 from posttrain.logprobs import shared_prompt_logprobs, token_logprobs
 from posttrain.losses import policy_loss
 from posttrain.models import ReferencePolicy
-from posttrain.rewards.base import score_completions
-from posttrain.rewards.setup import build_reward_fns, reward_metrics
-from posttrain.rollout import Rollouts, SamplingParams, generate, sync_weights
-from posttrain.runner import load_policy, log_rollout_samples, setup
-from posttrain.training import Stepper, accumulate, autocast, micro_batches
+from posttrain.rewards.setup import build_reward_fns
+from posttrain.rl import (
+    config_problems,
+    reference_policy,
+    rollout_metrics,
+    sample_and_score,
+    scoring_temperature,
+    training_batch,
+    update_passes,
+)
+from posttrain.rollout import Rollouts, sync_weights
+from posttrain.runner import log_rollout_samples, setup
+from posttrain.training import Stepper, autocast, micro_batches
 
 
 @dataclass
@@ -94,34 +101,18 @@ class Config:
                             f"got {self.optimizer_steps_per_rollout}")
         if self.samples_per_prompt < 2:
             problems.append("samples_per_prompt must be >= 2: a group of one has no relative advantage")
-        if self.reward_weights and len(self.reward_weights) != len(self.rewards):
-            problems.append(f"reward_weights has {len(self.reward_weights)} values for "
-                            f"{len(self.rewards)} rewards")
         choices = {"kl_estimator": ("k1", "k2", "k3"), "reference": ("frozen", "adapter"),
                    "loss_agg": ("sequence_mean", "token_mean", "constant"),
                    "advantage_baseline": ("mean", "leave_one_out"),
                    "advantage_scale": ("group_std", "batch_std", "none")}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                problems.append(f"'{key}' must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
-        return problems
+        return problems + config_problems(self, choices)
 
 
 def _sample_groups(config: Config, model: Any, tokenizer: Any, rows: list[dict[str, Any]],
                    reward_fns: list[Any]) -> tuple[Any, Any, list[dict[str, Any]]]:
     """Steps 2-3 for a list of prompt rows: rollouts, their reward scores, one row per sample."""
-    G = config.samples_per_prompt
-    s = config.sampling
-    sampling = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                              max_new_tokens=s.max_new_tokens)
-    prompts = [prompt_messages(row, config.data.system_prompt or None) for row in rows]
-    rollouts = generate(model, tokenizer, prompts, n=G, sampling=sampling, backend=s.backend,
-                        max_prompt_tokens=config.data.max_prompt_tokens,
-                        engine_options={"dtype": s.dtype})
-    sample_rows = [rows[i // G] for i in range(len(rollouts))]
-    scores = score_completions(reward_fns, [prompts[i // G] for i in range(len(rollouts))],
-                               rollouts.texts, reward_columns(sample_rows))
-    return rollouts, scores, sample_rows
+    return sample_and_score(model, tokenizer, rows, reward_fns, config.samples_per_prompt, config.sampling,
+                            config.data)
 
 
 def _concat(parts: list[tuple[Any, Any, list[dict[str, Any]]]]) -> tuple[Any, Any, list[dict[str, Any]]]:
@@ -158,7 +149,7 @@ def policy_update(config: Config, model: Any, stepper: Stepper, reference: Refer
                   batch: dict[str, torch.Tensor], advantages_N: torch.Tensor,
                   loss_mask_NT: torch.Tensor) -> dict[str, float]:
     """Step 5: μ optimizer steps of the clipped objective over micro-batches of the rollout batch."""
-    temperature = config.sampling.temperature or 1.0
+    temperature = scoring_temperature(config.sampling)
 
     def logprobs_of(m: Any, rows: slice, entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         score = shared_prompt_logprobs if config.share_prompts else token_logprobs
@@ -190,16 +181,8 @@ def policy_update(config: Config, model: Any, stepper: Stepper, reference: Refer
         metrics["entropy"] = float((entropy_NT * mask).sum() / mask.sum().clamp(min=1))
         return loss, metrics
 
-    totals: dict[str, float] = {}
-    n_rows = loss_mask_NT.shape[0]
-    parts = list(micro_batches(n_rows, -(-n_rows // config.optimizer_steps_per_rollout)))
-    for _ in range(config.ppo_epochs):
-        for part in parts:
-            for key, value in accumulate(stepper, loss_mask_NT, config.micro_batch_size, config.loss_agg,
-                                         micro_loss, within=part).items():
-                totals[key] = totals.get(key, 0.0) + value / (config.ppo_epochs * len(parts))
-            totals.update(stepper.step())
-    return totals
+    return update_passes(stepper, config.ppo_epochs, config.optimizer_steps_per_rollout,
+                         config.micro_batch_size, config.loss_agg, lambda: (loss_mask_NT, micro_loss))
 
 
 def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]] | None = None,
@@ -209,10 +192,7 @@ def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]]
     rewards = build_reward_fns(config.rewards, config.reward_weights, resolve_task(config.data), reward_fns)
     s = setup(config, "grpo", "prompts", train_rows, eval_rows,
               optimizer_steps_per_step=config.ppo_epochs * config.optimizer_steps_per_rollout)
-    reference = None
-    if config.beta > 0:  # the starting weights: a resumed run's policy has moved, so load them again
-        start = load_policy(config.model)[0] if s.run.start_step and config.reference == "frozen" else s.model
-        reference = ReferencePolicy(start, config.reference)
+    reference = reference_policy(config.model, s.model, config.beta, config.reference, s.run.start_step > 0)
     P, G = config.prompts_per_step, config.samples_per_prompt
     print(f"[grpo] N = P·G = {P}·{G} = {P * G} sequences per step, "
           f"{-(-P * G // config.micro_batch_size)} micro-batches of {config.micro_batch_size}, "
@@ -229,24 +209,20 @@ def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]]
             config, s.model, s.tokenizer, lambda: order.take(P), rewards)
         rollout_s = time.perf_counter() - started
         s.model.train()
-        batch = rollouts.to_batch(s.tokenizer.pad_token_id, s.device)
+        batch, truncated_N = training_batch(rollouts, s.tokenizer.pad_token_id, s.device)
         loss_mask_NT = batch["completion_mask"].float()
         if config.filter_zero_std_groups:
             informative_N = (~zero_std_groups(scores.total, G)).repeat_interleave(G).to(s.device)
             loss_mask_NT = loss_mask_NT * informative_N[:, None]
-        truncated_N = torch.tensor([r == "length" for r in rollouts.finish_reasons], device=s.device)
         if config.mask_truncated:
             loss_mask_NT = loss_mask_NT * (~truncated_N)[:, None]
         update = policy_update(config, s.model, s.stepper, reference, batch, advantages_N.to(s.device),
                                loss_mask_NT)
         metrics = {k if k.startswith("train/") else f"policy/{k}": v for k, v in update.items()}
         metrics["train/loss"] = metrics.pop("policy/loss", 0.0)
-        metrics.update(reward_metrics(scores))
+        metrics.update(rollout_metrics(rollouts, scores))
         metrics.update({
-            "rollout/completion_len": sum(map(len, rollouts.completion_ids)) / len(rollouts),
             "rollout/frac_zero_std_groups": float(zero_std_groups(scores.total, G).float().mean()),
-            "rollout/clipped_ratio": float(truncated_N.float().mean()),
-            "rollout/tokens_per_s": rollouts.timing.get("tokens_per_s", 0.0),
             "time/rollout_s": rollout_s, "time/update_s": time.perf_counter() - started - rollout_s,
         })
         s.run.tracker.log(step, metrics)

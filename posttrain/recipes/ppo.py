@@ -1,0 +1,288 @@
+"""PPO: RLHF with a reward model, a frozen reference and a learned critic (InstructGPT's third step).
+
+PPO (arXiv:1707.06347) with GAE (arXiv:1506.02438) on language, as in Ziegler et al.
+(arXiv:1909.08593) and InstructGPT (arXiv:2203.02155), with the details of TRL's PPOTrainer and
+"The N+ Implementation Details of RLHF with PPO" (arXiv:2403.17031). Four roles: the policy π
+(trained), the reference π_ref (its starting weights, frozen), the reward model (frozen; or reward
+functions, the same specs as GRPO: ``reward_model:PATH`` is a run of ``posttrain rm``) and the critic
+V (trained; a value head on the policy's backbone or on one of its own, see ``posttrain.critic``).
+Each step:
+
+1. take P prompts (``prompts_per_step``) and sample G responses to each (``samples_per_prompt``,
+   default 1) with the rollout engine;
+2. score each response once, at its end: s = the weighted sum of the rewards, minus
+   ``missing_eos_penalty`` when the response was cut at max_new_tokens;
+3. without gradients: log π_old and log π_ref of every response token, and the values V_old;
+4. per-token rewards r_t = -β (log π_old - log π_ref), plus s on the last token;
+5. GAE(γ, λ): advantages A_t and returns R_t = A_t + V_old; A whitened over the batch;
+6. μ epochs (``ppo_epochs``) over the batch, shuffled into ``mini_batches`` optimizer steps each, of
+   the clipped surrogate (ε) + ``vf_coef`` · the clipped value loss, both averaged over tokens;
+7. with ``kl_target``, β follows Ziegler et al.'s proportional controller. Logged: reward, KL,
+   entropy, clip fractions, value loss, explained variance, timings; every ``run.eval_every`` steps,
+   greedy responses to held-out prompts scored by the same rewards (``eval/reward``) and by the
+   task's check() (``eval/accuracy``). Checkpoints hold the policy and the critic; final/ the policy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from posttrain.advantages import AdaptiveKLController, gae, kl_shaped_rewards, whiten
+from posttrain.config import DataConfig, ModelConfig, OptimConfig, RunConfig, SamplingConfig
+from posttrain.critic import CRITICS, ActorCritic, load_actor_critic
+from posttrain.data.sources import DataOrder, load_split, resolve_task
+from posttrain.logprobs import token_logprobs
+from posttrain.losses import policy_loss, value_loss
+from posttrain.models import ReferencePolicy
+from posttrain.rewards.setup import build_reward_fns
+from posttrain.rl import (
+    config_problems,
+    held_out_rewards,
+    reference_policy,
+    rollout_metrics,
+    sample_and_score,
+    scoring_temperature,
+    training_batch,
+    update_passes,
+)
+from posttrain.rollout import sync_weights
+from posttrain.runner import Setup, evaluate_and_log, log_rollout_samples, setup
+from posttrain.training import Stepper, autocast, micro_batches
+
+REWARD_MODEL = "reward_model:"
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-6))
+    run: RunConfig = field(default_factory=RunConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    prompts_per_step: int = 16
+    """P: prompts per step."""
+    samples_per_prompt: int = 1
+    """G: responses sampled per prompt (N = P·G sequences per step)."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward pass."""
+    ppo_epochs: int = 4
+    """μ: passes over each rollout batch."""
+    mini_batches: int = 1
+    """Optimizer steps per pass: the N sequences, shuffled, split into this many mini-batches."""
+    rewards: list[str] = field(default_factory=lambda: ["task_format", "task_correct"])
+    """Rewards: reward_model:PATH (final/ of a `posttrain rm` run), task_format, task_correct, a
+    built-in name, or path/file.py:function."""
+    reward_weights: list[float] = field(default_factory=list)
+    """One weight per reward (empty: all 1)."""
+    beta: float = 0.05
+    """β: per-token KL penalty against the reference, folded into the rewards; 0 loads no reference."""
+    kl_target: float = 0.0
+    """Adaptive β: the KL per response (nats) it steers towards (Ziegler et al.: 6); 0 keeps β fixed."""
+    kl_horizon: float = 10000.0
+    """Adaptive β: responses over which a KL error is corrected."""
+    gamma: float = 1.0
+    """γ: discount over the tokens of a response."""
+    lam: float = 0.95
+    """λ: GAE's bias-variance trade-off (1: Monte-Carlo returns, 0: one-step TD)."""
+    clip_eps: float = 0.2
+    """ε: the probability ratio is clipped to [1 - ε, 1 + ε]."""
+    vf_coef: float = 0.1
+    """Weight of the value loss in the loss."""
+    value_clip: float = 0.2
+    """Values move at most this far from V_old within a rollout batch (0: no clipping)."""
+    critic: str = "shared"
+    """shared (a value head on the policy's hidden states) or separate (a backbone of its own)."""
+    critic_init: str = "policy"
+    """A separate critic's starting backbone: policy, or reward_model (the reward_model:PATH in rewards)."""
+    reference: str = "frozen"
+    """Reference policy: frozen (a copy of the starting weights) or adapter (LoRA switched off)."""
+    missing_eos_penalty: float = 0.0
+    """Subtracted from the score of a response cut at max_new_tokens (it never ended)."""
+
+    def check(self) -> list[str]:
+        problems = config_problems(self, {"critic": CRITICS, "critic_init": ("policy", "reward_model"),
+                                          "reference": ("frozen", "adapter")})
+        if self.critic_init == "reward_model" and self.critic != "separate":
+            problems.append("critic_init: reward_model needs critic: separate (a shared critic is the "
+                            "policy's own backbone)")
+        if self.critic_init == "reward_model" and not any(r.startswith(REWARD_MODEL) for r in self.rewards):
+            problems.append("critic_init: reward_model needs a reward model in 'rewards' (reward_model:PATH)")
+        for key in ("gamma", "lam"):
+            if not 0 <= getattr(self, key) <= 1:
+                problems.append(f"'{key}' must be in [0, 1]; got {getattr(self, key)}")
+        if not 0 < self.clip_eps < 1:
+            problems.append(f"'clip_eps' must be in (0, 1); got {self.clip_eps}")
+        for key in ("vf_coef", "value_clip", "kl_target", "missing_eos_penalty"):
+            if getattr(self, key) < 0:
+                problems.append(f"'{key}' must be >= 0; got {getattr(self, key)}")
+        if self.kl_target > 0 and (self.beta <= 0 or self.kl_horizon <= 0):
+            problems.append("kl_target > 0 (adaptive β) needs beta > 0 (its starting value) and "
+                            "kl_horizon > 0")
+        if self.samples_per_prompt < 1:
+            problems.append(f"samples_per_prompt must be >= 1; got {self.samples_per_prompt}")
+        elif not 1 <= self.mini_batches <= self.prompts_per_step * self.samples_per_prompt:
+            problems.append(f"mini_batches must be in 1..{self.prompts_per_step * self.samples_per_prompt} "
+                            f"(P·G sequences); got {self.mini_batches}")
+        return problems
+
+
+def _rows(batch: Tensors, rows: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return batch["input_ids"][rows], batch["attention_mask"][rows], batch["completion_mask"][rows]
+
+
+def _mean(x_N: torch.Tensor, where_N: torch.Tensor) -> float:
+    return float(x_N[where_N].mean()) if bool(where_N.any()) else 0.0
+
+
+def ppo_targets(config: Config, ac: ActorCritic, reference: ReferencePolicy | None, batch: Tensors,
+                scores_N: torch.Tensor, truncated_N: torch.Tensor,
+                beta: float) -> tuple[Tensors, dict[str, float]]:
+    """Steps 2-5: old log-probs and values, KL-shaped rewards, whitened GAE advantages, returns."""
+    temperature = scoring_temperature(config.sampling)
+    all_rows = list(micro_batches(batch["input_ids"].shape[0], config.micro_batch_size))
+    with torch.no_grad(), autocast(config.model, batch["input_ids"].device):
+        passes = [ac.logprobs_and_values(*_rows(batch, rows), temperature=temperature) for rows in all_rows]
+        old_NT, values_NT = torch.cat([p[0] for p in passes]), torch.cat([p[2] for p in passes])
+        ref_NT = old_NT  # β = 0: no reference, no penalty
+        if reference is not None:
+            with reference.active() as ref_model:
+                ref_NT = torch.cat([token_logprobs(ref_model, *_rows(batch, rows), temperature=temperature)[0]
+                                    for rows in all_rows])
+    valid_N = ~torch.isnan(scores_N)  # no reward function applied: the response leaves the loss
+    mask_NT = batch["completion_mask"].float() * valid_N[:, None]
+    score_N = torch.nan_to_num(scores_N, nan=0.0) - config.missing_eos_penalty * truncated_N.float()
+    rewards_NT = kl_shaped_rewards(score_N, old_NT, ref_NT, mask_NT, beta)
+    advantages_NT, returns_NT = gae(rewards_NT, values_NT, mask_NT, config.gamma, config.lam)
+    kl_N = ((old_NT - ref_NT) * mask_NT).sum(-1)
+    _, before = value_loss(values_NT, values_NT, returns_NT, mask_NT, clip_range=None)
+    metrics = {"value/explained_variance": before["explained_variance"],
+               "value/mean": float((values_NT * mask_NT).sum() / mask_NT.sum().clamp(min=1))}
+    if reference is not None:
+        metrics.update({"policy/kl": _mean(kl_N, valid_N), "policy/beta": beta,
+                        "rollout/rlhf_reward": _mean(score_N - beta * kl_N, valid_N)})
+    targets = {"old_logprobs": old_NT, "old_values": values_NT, "returns": returns_NT, "mask": mask_NT,
+               "advantages": whiten(advantages_NT, mask_NT)}
+    return targets, metrics
+
+
+def _loss_of(config: Config, ac: ActorCritic,
+             b: Tensors) -> Callable[[slice], tuple[torch.Tensor, dict[str, float]]]:
+    """Step 6's loss on rows of the (shuffled) batch ``b``: clipped surrogate + vf_coef · value loss."""
+    temperature = scoring_temperature(config.sampling)
+
+    def micro_loss(rows: slice) -> tuple[torch.Tensor, dict[str, float]]:
+        with autocast(config.model, b["input_ids"].device):
+            logprobs_NT, entropy_NT, values_NT = ac.logprobs_and_values(
+                *_rows(b, rows), temperature=temperature, with_entropy=True)
+        mask_NT = b["mask"][rows]
+        pg_loss, pg_metrics = policy_loss(logprobs_NT, b["old_logprobs"][rows], b["advantages"][rows],
+                                          mask_NT, clip_eps_low=config.clip_eps,
+                                          clip_eps_high=config.clip_eps, agg="token_mean")
+        vf_loss, vf_metrics = value_loss(values_NT, b["old_values"][rows], b["returns"][rows], mask_NT,
+                                         clip_range=config.value_clip or None, agg="token_mean")
+        metrics = {f"policy/{k}": v for k, v in pg_metrics.items()}
+        metrics.update({"policy/loss": float(pg_loss.detach()), "value/loss": float(vf_loss.detach()),
+                        "value/clipfrac": vf_metrics["value_clipfrac"],
+                        "policy/entropy": float((entropy_NT * mask_NT).sum() / mask_NT.sum().clamp(min=1))})
+        return pg_loss + config.vf_coef * vf_loss, metrics
+
+    return micro_loss
+
+
+def ppo_update(config: Config, ac: ActorCritic, stepper: Stepper, batch: Tensors,
+               targets: Tensors) -> dict[str, float]:
+    """Step 6: μ passes over the batch, each reshuffled, ``mini_batches`` optimizer steps each."""
+
+    def shuffled_pass() -> tuple[torch.Tensor, Callable[[slice], tuple[torch.Tensor, dict[str, float]]]]:
+        order_N = torch.randperm(len(targets["mask"])).to(targets["mask"].device)  # global RNG: resumes alike
+        shuffled = {key: value[order_N] for key, value in {**batch, **targets}.items()}
+        return shuffled["mask"], _loss_of(config, ac, shuffled)
+
+    metrics = update_passes(stepper, config.ppo_epochs, config.mini_batches, config.micro_batch_size,
+                            "token_mean", shuffled_pass)
+    metrics["train/loss"] = metrics.pop("loss", 0.0)
+    return metrics
+
+
+def _evaluate_policy(config: Config, s: Setup, policy: Any, eval_rows: list[dict[str, Any]] | None,
+                     rewards: list[Any]) -> None:
+    """Held-out evaluation of the policy inside the ActorCritic that ``setup`` loaded: the task's check()
+    (eval/accuracy, eval/format) and the rewards of its greedy responses (eval/reward)."""
+    rows = eval_rows if eval_rows is not None else load_split(config.data, "eval", "prompts", config.run.seed)
+    s.eval_rows, s.evaluate = rows, evaluate_and_log(s.run, policy, s.tokenizer, rows, s.task, config)
+    s.eval_before = s.evaluate(0) if s.run.start_step == 0 else s.run.state.get("eval_before", {})
+
+    def reward_evaluation(step: int) -> dict[str, float]:
+        metrics = held_out_rewards(policy, s.tokenizer, rows, rewards, config.sampling, config.data)
+        if metrics:
+            s.run.tracker.log(step, {f"eval/{k}": v for k, v in metrics.items()})
+            print(f"[eval] step {step}: mean reward {metrics['reward']:.4f} of greedy responses to "
+                  f"{len(rows)} held-out prompts")
+        return metrics
+
+    s.also_evaluate(reward_evaluation)
+
+
+def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]] | None = None,
+          train_rows: list[dict[str, Any]] | None = None,
+          eval_rows: list[dict[str, Any]] | None = None) -> Path:
+    """Run PPO; Python reward functions and rows override the config's. Returns the run directory."""
+    rewards = build_reward_fns(config.rewards, config.reward_weights, resolve_task(config.data), reward_fns)
+    critic_init = next((r[len(REWARD_MODEL):] for r in config.rewards if r.startswith(REWARD_MODEL)), None)
+    load = partial(load_actor_critic, critic=config.critic,
+                   init_from=critic_init if config.critic_init == "reward_model" else None)
+    # eval rows are evaluated below, on the policy rather than on the ActorCritic module
+    s = setup(config, "ppo", "prompts", train_rows, [], load=load,
+              optimizer_steps_per_step=config.ppo_epochs * config.mini_batches)
+    ac: ActorCritic = s.model
+    _evaluate_policy(config, s, ac.policy, eval_rows, rewards)
+    reference = reference_policy(config.model, ac.policy, config.beta, config.reference, s.run.start_step > 0)
+    kl_control = None
+    if config.kl_target > 0:
+        kl_control = AdaptiveKLController(config.beta, config.kl_target, config.kl_horizon)
+        if "kl_controller" in s.run.state:
+            kl_control.load_state_dict(s.run.state["kl_controller"])
+    P, G = config.prompts_per_step, config.samples_per_prompt
+    print(f"[ppo] N = P·G = {P}·{G} = {P * G} sequences per step, {-(-P * G // config.micro_batch_size)} "
+          f"micro-batches of {config.micro_batch_size}, {config.ppo_epochs * config.mini_batches} optimizer "
+          f"step(s) per rollout (μ = {config.ppo_epochs} x {config.mini_batches} mini-batches), critic "
+          f"{config.critic}, β = {config.beta}{' (adaptive)' if kl_control else ''}, γ = {config.gamma}, "
+          f"λ = {config.lam}, ≤ {config.sampling.max_new_tokens} new tokens, {len(s.train_rows)} training "
+          f"prompts, {len(s.eval_rows)} held-out")
+    order = DataOrder(s.train_rows, config.run.seed, used=s.run.state.get("rows_used", 0))
+    for step in range(s.run.start_step + 1, config.run.steps + 1):
+        started = time.perf_counter()
+        ac.eval()
+        sync_weights(ac.policy)  # the engine's bf16 copy: fused AdamW leaves version counters alone
+        rollouts, scores, sample_rows = sample_and_score(ac.policy, s.tokenizer, order.take(P), rewards, G,
+                                                         config.sampling, config.data)
+        rollout_s = time.perf_counter() - started
+        batch, truncated_N = training_batch(rollouts, s.tokenizer.pad_token_id, s.device)
+        beta = kl_control.value if kl_control is not None else config.beta
+        targets, metrics = ppo_targets(config, ac, reference, batch, scores.total.to(s.device), truncated_N,
+                                       beta)
+        ac.train()
+        metrics.update(ppo_update(config, ac, s.stepper, batch, targets))
+        if kl_control is not None:
+            kl_control.update(metrics["policy/kl"], n_steps=len(rollouts))
+        metrics.update(rollout_metrics(rollouts, scores))
+        s.run.tracker.log(step, {**metrics, "time/rollout_s": rollout_s,
+                                 "time/update_s": time.perf_counter() - started - rollout_s})
+        mask_NT = targets["mask"]  # each sample's mean advantage over its tokens
+        log_rollout_samples(s.run, step, rollouts, scores, sample_rows,
+                            (targets["advantages"] * mask_NT).sum(-1) / mask_NT.sum(-1).clamp(min=1))
+        kl_state = {"kl_controller": kl_control.state_dict()} if kl_control is not None else {}
+        s.end_of_step(step, {"rows_used": order.used, **kl_state})
+    s.model = ac.policy  # final/ is the policy alone, an HF folder; the critic lives in the checkpoints
+    kl = ["policy/kl"] if reference is not None else []
+    task = ["eval/accuracy"] if s.task is not None else []
+    return s.finish("ppo", plot_keys=["rollout/reward", "eval/reward", *kl, *task, "value/explained_variance",
+                                      "value/loss", "policy/entropy", "rollout/completion_len"])

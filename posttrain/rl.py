@@ -1,0 +1,138 @@
+"""The parts of an RL step that GRPO, PPO and best-of-N share around their own algorithm box.
+
+- ``sample_and_score``: sample n completions of prompt rows with the rollout engine and score them
+  with the weighted reward functions;
+- ``training_batch`` and ``rollout_metrics``: the padded batch of a rollout, which rows were cut at
+  max_new_tokens, and the rollout/ metrics every recipe logs;
+- ``reference_policy``: the frozen starting policy of a KL penalty (none when β = 0);
+- ``update_passes``: μ passes over a rollout batch in mini-batches, one guarded optimizer step each;
+- ``held_out_rewards``: the rewards of a policy's greedy responses to held-out prompts;
+- ``config_problems``: the checks every RL config makes (reward weights, choice fields).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from posttrain.config import DataConfig, ModelConfig, SamplingConfig
+from posttrain.data.chat import prompt_messages
+from posttrain.data.sources import reward_columns
+from posttrain.models import ReferencePolicy
+from posttrain.rewards.base import RewardScores, score_completions
+from posttrain.rewards.setup import reward_metrics
+from posttrain.rollout import Rollouts, SamplingParams, generate, sync_weights
+from posttrain.training import Stepper, accumulate, micro_batches
+
+MicroLoss = Callable[[slice], tuple[torch.Tensor, dict[str, float]]]
+
+
+def sample_and_score(model: nn.Module, tokenizer: Any, rows: list[dict[str, Any]],
+                     reward_fns: list[tuple[str, Any, float]], n: int, sampling: SamplingConfig,
+                     data: DataConfig, seed: int | None = None,
+                     ) -> tuple[Rollouts, RewardScores, list[dict[str, Any]]]:
+    """``n`` completions of each prompt row, scored by the weighted reward functions.
+
+    Samples are prompt-major (sample i belongs to ``rows[i // n]``); returns the rollouts, their
+    scores and the row of each sample (its columns are what the reward functions were given).
+    ``seed`` None draws the sampler's seed from torch's global RNG (restored on resume).
+    """
+    s = sampling
+    params = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                            max_new_tokens=s.max_new_tokens, seed=seed)
+    prompts = [prompt_messages(row, data.system_prompt or None) for row in rows]
+    rollouts = generate(model, tokenizer, prompts, n=n, sampling=params, backend=s.backend,
+                        max_prompt_tokens=data.max_prompt_tokens, engine_options={"dtype": s.dtype})
+    sample_rows = [rows[i // n] for i in range(len(rollouts))]
+    scores = score_completions(reward_fns, [prompts[i // n] for i in range(len(rollouts))],
+                               rollouts.texts, reward_columns(sample_rows))
+    return rollouts, scores, sample_rows
+
+
+def scoring_temperature(sampling: SamplingConfig) -> float:
+    """The temperature that training log-probs are computed at: the sampler's (1 when it is greedy),
+    so that they score the distribution the samples came from."""
+    return sampling.temperature or 1.0
+
+
+def training_batch(rollouts: Rollouts, pad_id: int,
+                   device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The rollouts as a right-padded batch (``Rollouts.to_batch``) and ``truncated_N``: the rows
+    that hit max_new_tokens without ending."""
+    truncated_N = torch.tensor([reason == "length" for reason in rollouts.finish_reasons], device=device)
+    return rollouts.to_batch(pad_id, device), truncated_N
+
+
+def rollout_metrics(rollouts: Rollouts, scores: RewardScores) -> dict[str, float]:
+    """rollout/reward (its std and each function's mean), completion length, the fraction cut at
+    max_new_tokens, and the engine's completion tokens per second."""
+    metrics = reward_metrics(scores)
+    metrics["rollout/completion_len"] = sum(map(len, rollouts.completion_ids)) / len(rollouts)
+    metrics["rollout/clipped_ratio"] = sum(r == "length" for r in rollouts.finish_reasons) / len(rollouts)
+    metrics["rollout/tokens_per_s"] = rollouts.timing.get("tokens_per_s", 0.0)
+    return metrics
+
+
+def reference_policy(model_config: ModelConfig, policy: nn.Module, beta: float, mode: str,
+                     resumed: bool) -> ReferencePolicy | None:
+    """The reference of a KL penalty: the starting weights (``frozen``) or the policy with its LoRA
+    adapter off (``adapter``); None when β = 0, so nothing is loaded. A resumed run's policy has
+    moved, so a frozen reference is loaded again from ``model_config``."""
+    from posttrain.runner import load_policy
+
+    if beta <= 0:
+        return None
+    return ReferencePolicy(load_policy(model_config)[0] if resumed and mode == "frozen" else policy, mode)
+
+
+def update_passes(stepper: Stepper, epochs: int, mini_batches: int, micro_batch_size: int, agg: str,
+                  next_pass: Callable[[], tuple[torch.Tensor, MicroLoss]]) -> dict[str, float]:
+    """μ = ``epochs`` passes over a rollout batch, each split into ``mini_batches`` consecutive parts
+    with one optimizer step per part; ``next_pass()`` gives a pass's loss mask ``[N, T]`` and its
+    micro-batch loss (PPO reshuffles the rows there). Returns the loss metrics averaged over every
+    part of every pass, and the last step's train/ metrics."""
+    totals: dict[str, float] = {}
+    for _ in range(epochs):
+        mask_NT, micro_loss = next_pass()
+        n_rows = mask_NT.shape[0]
+        parts = list(micro_batches(n_rows, -(-n_rows // mini_batches)))
+        for part in parts:
+            metrics = accumulate(stepper, mask_NT, micro_batch_size, agg, micro_loss, within=part)
+            for key, value in metrics.items():
+                totals[key] = totals.get(key, 0.0) + value / (epochs * len(parts))
+            totals.update(stepper.step())
+    return totals
+
+
+def held_out_rewards(model: nn.Module, tokenizer: Any, rows: list[dict[str, Any]],
+                     reward_fns: list[tuple[str, Any, float]], sampling: SamplingConfig,
+                     data: DataConfig) -> dict[str, float]:
+    """Mean reward of the model's greedy responses to held-out prompt rows: ``reward``,
+    ``reward_std`` and ``reward/<function>`` (empty without rows)."""
+    if not rows:
+        return {}
+    was_training = model.training
+    model.eval()
+    sync_weights(model)  # fused optimizers update in place without bumping version counters
+    greedy = dataclasses.replace(sampling, temperature=0.0)
+    # a fixed seed: evaluating must not move the global RNG that training samples from
+    _, scores, _ = sample_and_score(model, tokenizer, rows, reward_fns, 1, greedy, data, seed=0)
+    model.train(was_training)
+    return reward_metrics(scores, prefix="reward")
+
+
+def config_problems(config: Any, choices: dict[str, tuple[str, ...]]) -> list[str]:
+    """What an RL recipe's ``Config.check`` reports for its ``rewards`` and ``reward_weights`` and for
+    its fields with a fixed set of values (``choices``: field name -> allowed values)."""
+    problems = []
+    if config.reward_weights and len(config.reward_weights) != len(config.rewards):
+        problems.append(f"reward_weights has {len(config.reward_weights)} values for "
+                        f"{len(config.rewards)} rewards")
+    for key, allowed in choices.items():
+        if getattr(config, key) not in allowed:
+            problems.append(f"'{key}' must be one of {', '.join(allowed)}; got {getattr(config, key)!r}")
+    return problems
