@@ -146,6 +146,8 @@ def _placement(module: Any, raw: dict[str, Any], pipeline_dir: Path, name: str,
         run = raw.get("run") if isinstance(raw.get("run"), dict) else {}
         if "save_every" not in run:
             values["run.save_every"] = save_every
+        if "keep_last" not in run:  # a stage's checkpoints only serve its own resume: one is enough
+            values["run.keep_last"] = 1
         return values
     return {"output_dir": str(pipeline_dir), "name": name}
 

@@ -23,7 +23,8 @@ Runs like a build system: every stage records a fingerprint of its resolved conf
 it reads and of the stage before it (so editing one stage reruns it and every stage after it, nothing
 before it). Running the same file again skips finished stages whose fingerprint is unchanged,
 resumes a stage that was killed midway from its last checkpoint (``save_every`` sets how often the
-pipeline's training stages checkpoint, unless a stage sets ``run.save_every``), and starts the
+pipeline's training stages checkpoint, unless a stage sets ``run.save_every``; each keeps its last
+checkpoint only, unless it sets ``run.keep_last``), and starts the
 others afresh. ``--from STAGE`` reruns from that stage on; ``--only STAGE`` runs that stage alone
 (its inputs must be finished).
 
