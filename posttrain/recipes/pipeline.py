@@ -114,6 +114,18 @@ def pipeline_dir_of(config: Config) -> Path:
     return Path(config.output_dir) / name
 
 
+def _why_run(record: dict[str, Any] | None, fp: str, forced: bool) -> str:
+    if forced:
+        return "forced rerun"
+    if record is None:
+        return "running"
+    if record.get("fingerprint") != fp:
+        return "config or inputs changed, rerunning"
+    if record.get("status") == "running":
+        return "stopped before a checkpoint it can resume from, starting again"
+    return "outputs missing, rerunning"
+
+
 def train(config: Config) -> Path:
     """Run the pipeline's stages in order (skipping, resuming or rerunning each); return its directory."""
     pipeline_dir = pipeline_dir_of(config)
@@ -140,8 +152,7 @@ def train(config: Config) -> Path:
         forced = stage is only or (start_from is not None and stage.index >= start_from)
         action = decide(stage, record, fp, forced)
         what = {"skip": "unchanged, skipped", "resume": "resuming from its last checkpoint",
-                "run": "forced rerun" if forced else ("config or inputs changed, rerunning" if record else
-                                                      "running")}[action]
+                "run": _why_run(record, fp, forced)}[action]
         print(f"[pipeline] stage {stage.index + 1}/{len(stages)} '{stage.name}' ({stage.recipe}): {what}",
               flush=True)
         if action != "skip":
