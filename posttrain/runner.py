@@ -219,11 +219,12 @@ class Setup:
 
 def setup(config: Any, recipe: str, train_kind: str, train_rows: list[dict[str, Any]] | None = None,
           eval_rows: list[dict[str, Any]] | None = None, optimizer_steps_per_step: int = 1,
-          load: Callable[[ModelConfig], tuple[nn.Module, Any, torch.device]] = load_policy) -> Setup:
+          load: Callable[[ModelConfig], tuple[nn.Module, Any, torch.device]] = load_policy,
+          lr_by_prefix: dict[str, float] | None = None) -> Setup:
     """Seed, load data and the model (``load``: the policy, or e.g. a reward model), build
     optimizer/schedule/stepper, open (or resume) the run, and evaluate the starting policy on the
     held-out rows. The LR schedule spans ``run.steps * optimizer_steps_per_step`` optimizer steps
-    (RL recipes step several times per rollout)."""
+    (RL recipes step several times per rollout); ``lr_by_prefix``: see ``build_optimizer``."""
     from posttrain.data.sources import load_split, resolve_task
     from posttrain.training import Stepper, build_optimizer, build_scheduler
 
@@ -234,7 +235,7 @@ def setup(config: Any, recipe: str, train_kind: str, train_rows: list[dict[str, 
     if eval_rows is None:
         eval_rows = load_split(config.data, "eval", "prompts", config.run.seed)
     model, tokenizer, device = load(config.model)
-    optimizer = build_optimizer(model, config.optim)
+    optimizer = build_optimizer(model, config.optim, lr_by_prefix)
     scheduler = build_scheduler(optimizer, config.optim, config.run.steps * optimizer_steps_per_step)
     stepper = Stepper(model, optimizer, scheduler, config.optim)
     run = start_run(config, recipe, model, optimizer, scheduler)

@@ -26,11 +26,19 @@ class TrainingDiverged(PosttrainError):
     """Too many consecutive optimizer steps had a non-finite loss or gradient."""
 
 
-def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters; fused kernels when the device supports them."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+def build_optimizer(model: nn.Module, optim: OptimConfig,
+                    lr_by_prefix: dict[str, float] | None = None) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; fused kernels when the device supports them.
+    ``lr_by_prefix`` gives the parameters whose names start with a prefix a learning rate of their
+    own (e.g. PPO's critic); the rest use ``optim.lr``. The schedule scales every group alike."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not named:
         raise PosttrainError("the model has no trainable parameters")
+    groups: dict[float, list[nn.Parameter]] = {}
+    for name, param in named:
+        lr = next((lr for prefix, lr in (lr_by_prefix or {}).items() if name.startswith(prefix)), optim.lr)
+        groups.setdefault(lr, []).append(param)
+    params = [{"params": ps, "lr": lr} for lr, ps in groups.items()]
     kwargs: dict[str, Any] = {"lr": optim.lr, "betas": (optim.beta1, optim.beta2),
                               "weight_decay": optim.weight_decay}
     try:

@@ -100,3 +100,15 @@ def test_accumulated_gradient_equals_full_batch_gradient() -> None:
                    lambda rows, mode=mode: (aggregate(model(x[rows]).squeeze(-1), mask[rows], mode,
                                                       max_tokens=4), {}))
         assert torch.allclose(model.weight.grad, full, atol=1e-6), mode
+
+
+def test_parameter_groups_take_their_own_learning_rate_and_share_the_schedule() -> None:
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    optim = OptimConfig(lr=0.1, warmup_steps=0, schedule="linear")
+    optimizer = build_optimizer(model, optim, {"1.": 0.5})
+    scheduler = build_scheduler(optimizer, optim, 4)
+    by_lr = {group["lr"]: sum(p.numel() for p in group["params"]) for group in optimizer.param_groups}
+    assert by_lr == {0.1: 6, 0.5: 3}  # layer 0: 4 weights + 2 biases; layer 1: 2 + 1
+    optimizer.step()
+    scheduler.step()
+    assert sorted(group["lr"] for group in optimizer.param_groups) == pytest.approx([0.075, 0.375])

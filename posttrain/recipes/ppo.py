@@ -104,6 +104,9 @@ class Config:
     """A separate critic's starting backbone: policy, or reward_model (the reward_model:PATH in rewards)."""
     reference: str = "frozen"
     """Reference policy: frozen (a copy of the starting weights) or adapter (LoRA switched off)."""
+    critic_lr: float = 0.0
+    """Learning rate of the critic (value head, and its backbone when separate); 0: optim.lr. A new
+    value head learns slowly at a policy's learning rate (TRL and OpenRLHF default it higher)."""
     missing_eos_penalty: float = 0.0
     """Subtracted from the score of a response cut at max_new_tokens (it never ended)."""
 
@@ -120,7 +123,7 @@ class Config:
                 problems.append(f"'{key}' must be in [0, 1]; got {getattr(self, key)}")
         if not 0 < self.clip_eps < 1:
             problems.append(f"'clip_eps' must be in (0, 1); got {self.clip_eps}")
-        for key in ("vf_coef", "value_clip", "kl_target", "missing_eos_penalty"):
+        for key in ("vf_coef", "value_clip", "kl_target", "missing_eos_penalty", "critic_lr"):
             if getattr(self, key) < 0:
                 problems.append(f"'{key}' must be >= 0; got {getattr(self, key)}")
         if self.kl_target > 0 and (self.beta <= 0 or self.kl_horizon <= 0):
@@ -241,7 +244,9 @@ def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]]
                    init_from=critic_init if config.critic_init == "reward_model" else None)
     # eval rows are evaluated below, on the policy rather than on the ActorCritic module
     s = setup(config, "ppo", "prompts", train_rows, [], load=load,
-              optimizer_steps_per_step=config.ppo_epochs * config.mini_batches)
+              optimizer_steps_per_step=config.ppo_epochs * config.mini_batches,
+              lr_by_prefix={"value_head.": config.critic_lr, "critic_backbone.": config.critic_lr}
+              if config.critic_lr > 0 else None)
     ac: ActorCritic = s.model
     _evaluate_policy(config, s, ac.policy, eval_rows, rewards)
     reference = reference_policy(config.model, ac.policy, config.beta, config.reference, s.run.start_step > 0)

@@ -65,7 +65,8 @@ def encode_rows(rows: list[dict[str, Any]], tokenizer: Any, max_length: int,
                 messages = [{"role": "system", "content": system_prompt}, *messages]
             examples.append(encode_conversation(tokenizer, messages, max_length))
         else:
-            examples.append(encode_prompt_completion(tokenizer, row["prompt"], row["completion"], max_length))
+            examples.append(encode_prompt_completion(tokenizer, row["prompt"], row["completion"], max_length,
+                                                     where=row.get("_where"), system_prompt=system_prompt))
     return examples
 
 

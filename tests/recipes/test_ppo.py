@@ -152,7 +152,7 @@ def test_killed_run_resumes_to_same_policy_and_critic(tiny_model_dir: str, tmp_p
 
     # adaptive β: the controller's state must come back too
     common = ("run.steps=4", "run.save_every=2", "data.eval_size=0", "beta=0.1", "kl_target=0.01",
-              "kl_horizon=100", f"critic={critic}")
+              "kl_horizon=100", f"critic={critic}", "critic_lr=3e-3")  # the critic's own param group
     full = ppo.train(_config(tiny_model_dir, tmp_path / "a", *common), reward_fns=[vowel_start])
     first_half = _config(tiny_model_dir, tmp_path / "b", *common)
     first_half.run.steps = 2  # a kill after step 2: 2 steps of the 4-step schedule, then resume
@@ -165,6 +165,8 @@ def test_killed_run_resumes_to_same_policy_and_critic(tiny_model_dir: str, tmp_p
         assert all(torch.equal(want[k], got[k]) for k in want), name
     betas = [[m["policy/beta"] for m in read_metrics(run) if "policy/beta" in m] for run in (full, resumed)]
     assert betas[0] == betas[1] and betas[0][0] != betas[0][-1]
+    groups = torch.load(resumed / "checkpoints/step-00000004/optimizer.pt")["param_groups"]
+    assert sorted(g["initial_lr"] for g in groups) == [1e-3, 3e-3]  # policy at optim.lr, critic its own
 
 
 def test_config_errors() -> None:
