@@ -288,9 +288,17 @@ def input_files(stage: Stage) -> dict[str, str]:
     files = {}
     for _, text in _walk(to_dict(stage.config)):
         path = Path(text.split(":")[0]) if text.endswith(".py") or ".py:" in text else Path(text)
-        if len(text) < 4096 and path.is_file():
+        if _is_file(path):
             files[str(path)] = _file_digest(path)
     return files
+
+
+def _is_file(path: Path) -> bool:
+    """Whether a config string names a file; prose (a system prompt) can be too long to be a path."""
+    try:
+        return path.is_file()
+    except OSError:  # e.g. ENAMETOOLONG
+        return False
 
 
 def fingerprint(stage: Stage, previous: dict[str, Any] | None) -> str:

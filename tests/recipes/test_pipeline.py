@@ -11,6 +11,7 @@ import pytest
 
 from posttrain.config import load_config
 from posttrain.errors import ConfigError
+from posttrain.pipelines import fingerprint
 from posttrain.recipes import grpo, pipeline
 from posttrain.tracking import read_metrics
 
@@ -184,6 +185,8 @@ def test_paper_pipelines_plan(name: str, tmp_path: Path) -> None:
     config = load_config(pipeline.Config, PAPERS / name)
     stages = pipeline.plan(config, tmp_path / "p")
     assert stages, name
+    fingerprints = {fingerprint(stage, None) for stage in stages}  # R1-Zero's prompt is no file name
+    assert len(fingerprints) == len(stages)
     if name.startswith("r1-zero"):
         assert [s.recipe for s in stages] == ["grpo"] and stages[0].config.data.system_prompt.startswith(
             "A conversation between User and Assistant.")
