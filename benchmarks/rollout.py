@@ -12,6 +12,7 @@ fp32 re-scoring of the same tokens.
     python benchmarks/rollout.py --quick              # 8x8 at 32 tokens
     python benchmarks/rollout.py --shapes 8x8 --new-tokens 128 --natural-shapes 8x8
     python benchmarks/rollout.py --threads 1 --clock cpu  # on a shared, loaded machine
+    python benchmarks/rollout.py --shapes 8x8 --natural-shapes "" --profile   # + where the time goes
 
 ``--clock cpu`` divides by the process's CPU time instead of wall time: with other jobs on the
 cores, multi-threaded kernels stall at every barrier and wall-clock rates stop meaning anything;
@@ -108,6 +109,23 @@ def rescore_error(model: torch.nn.Module, rollouts: Any, pad_id: int) -> tuple[f
     return every.max().item(), every.mean().item()
 
 
+def time_shares(policy: torch.nn.Module, tokenizer: Any, prompts: list[Any], samples: int, new_tokens: int,
+                dtype: str) -> dict[str, float]:
+    """Where our engine's CPU time goes (torch profiler, self time): the linear layers' matrix
+    multiplies, attention's batched ones, and everything else (norms, rotary, sampling, bookkeeping).
+    The profiler's own per-op cost lands in "other", so the linear share is if anything understated."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        ours(policy, tokenizer, prompts, samples, new_tokens, dtype, True)
+    self_us = {event.key: event.self_cpu_time_total for event in prof.key_averages()}
+    total = sum(self_us.values())
+    linear = sum(self_us.get(k, 0) for k in ("aten::mm", "aten::addmm"))
+    attention = sum(v for k, v in self_us.items() if k == "aten::bmm" or "scaled_dot_product" in k)
+    return {"linear": linear / total, "attention": attention / total,
+            "other": (total - linear - attention) / total}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -118,6 +136,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="8x8 at 32 tokens")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print where our time goes at the first shape, and the ours/HF ratio "
+                             "if everything but the linear layers' matmuls took no time")
     args = parser.parse_args()
     global clock
     clock = CLOCKS[args.clock]
@@ -166,6 +187,17 @@ def main() -> None:
     print(f"shape  length   dtype      HF {unit}  ours {unit}  ours/HF(same)  ours/HF(fp32)  ours % of peak")
     for row in rows:
         print(_format(row))
+    if args.profile:
+        shape = args.shapes.split(",")[0]
+        n_prompts, samples = (int(x) for x in shape.split("x"))
+        print(f"\nwhere our time goes at {shape} x {args.new_tokens} (fixed length; profiler self time):")
+        for dtype in dtypes:
+            shares = time_shares(policy, tokenizer, make_prompts(n_prompts), samples, args.new_tokens, dtype)
+            measured = next(r[5] for r in rows if r[0] == shape and r[1] == "fixed" and r[2] == dtype)
+            print(f"  {dtype:<9} linear matmuls {100 * shares['linear']:.1f}%, attention "
+                  f"{100 * shares['attention']:.1f}%, other {100 * shares['other']:.1f}%: ours/HF "
+                  f"{measured:.2f}x now, at most {measured / (1 - shares['other']):.2f}x with no other "
+                  f"work, {measured / shares['linear']:.2f}x with nothing but the linear matmuls")
     if last_bf16 is not None:
         worst, mean = rescore_error(policy, last_bf16, tokenizer.pad_token_id)
         tokens = int(last_bf16.timing["completion_tokens"])
