@@ -129,10 +129,13 @@ def encode_pairs(tokenizer: Any, rows: Sequence[Row], max_length: int, *, trunca
         pairs.append(EncodedPair(sides[0], sides[1], _margin(row, margin), str(where)))
     if dropped:
         if not pairs:
-            raise DataError(f"all {dropped} pairs have identical chosen and rejected sides after truncation "
-                            f"to max_length {max_length}", expected="pairs that differ within max_length")
-        warnings.warn(f"{dropped} of {len(rows)} pairs dropped: chosen and rejected are identical after "
-                      f"truncation to max_length {max_length}", stacklevel=2)
+            raise DataError(f"all {dropped} pairs have identical chosen and rejected sides (the same "
+                            f"response twice, e.g. duplicate candidates in a ranking, or the same after "
+                            f"truncation to max_length {max_length})",
+                            expected="pairs whose responses differ within max_length")
+        warnings.warn(f"{dropped} of {len(rows)} pairs dropped: chosen and rejected are identical (the same "
+                      f"response twice, or the same after truncation to max_length {max_length})",
+                      stacklevel=2)
     return pairs
 
 
