@@ -98,11 +98,11 @@ def test_over_long_pair_is_an_error_or_truncated(tokenizer: Any) -> None:
     full = len(prefs.encode_response(tokenizer, "q", rows[0]["chosen"], 512)[0])
     kept = prefs.encode_pairs(tokenizer, rows, full - 2, truncate=True)  # "yes"/"no" still inside
     assert len(kept) == 1 and len(kept[0].chosen[0]) == full - 2
-    with pytest.raises(DataError, match="all 1 pairs have identical chosen and rejected sides .* after "
-                                        "truncation to max_length"):
+    with pytest.raises(DataError, match=r"all 1 pairs have identical chosen and rejected sides .* after "
+                                        r"truncation to max_length"):
         prefs.encode_pairs(tokenizer, rows, full - 6, truncate=True)
     twice = [{"prompt": "q", "chosen": "same", "rejected": "same", "_where": "r.jsonl:2"}]
-    with pytest.raises(DataError, match="the same response twice, e.g. duplicate candidates in a ranking"):
+    with pytest.raises(DataError, match=r"the same response twice, e\.g\. duplicate candidates in a ranking"):
         prefs.encode_pairs(tokenizer, twice, 512)
     with pytest.warns(UserWarning, match="1 of 2 pairs dropped"):
         kept = prefs.encode_pairs(tokenizer, [*rows, {**rows[0], "chosen": "x"}], full - 6, truncate=True)
