@@ -191,18 +191,27 @@ def write_report(pipeline_dir: Path, eval_dirs: list[Path], stages: list[Stage])
     return report_dir
 
 
-def response_length_chart(path: Path, stages: list[Stage]) -> Path | None:
-    """Mean completion length per RL step, stage after stage on one axis (R1's figure 3)."""
+RL_RECIPES = ("grpo", "ppo")
+
+
+def response_lengths(stages: list[Stage]) -> list[tuple[str, list[int], list[float]]]:
+    """(stage, steps, mean completion length) of each RL stage that has run; sampling stages such
+    as best-of-n log a completion length too, but they take no RL steps."""
     from posttrain.tracking import read_metrics
 
     curves = []
     for stage in stages:
-        metrics = stage.outputs["run_dir"] / "metrics.jsonl"
-        if metrics.is_file():
+        if stage.recipe in RL_RECIPES and (stage.outputs["run_dir"] / "metrics.jsonl").is_file():
             rows = [r for r in read_metrics(stage.outputs["run_dir"]) if "rollout/completion_len" in r]
             if rows:
                 lengths = [r["rollout/completion_len"] for r in rows]
                 curves.append((stage.name, [r["step"] for r in rows], lengths))
+    return curves
+
+
+def response_length_chart(path: Path, stages: list[Stage]) -> Path | None:
+    """Mean completion length per RL step, stage after stage on one axis (R1's figure 3)."""
+    curves = response_lengths(stages)
     if not curves:
         return None
     from matplotlib.figure import Figure

@@ -11,7 +11,7 @@ import pytest
 
 from posttrain.config import load_config
 from posttrain.errors import ConfigError
-from posttrain.pipelines import fingerprint
+from posttrain.pipelines import fingerprint, plan
 from posttrain.recipes import grpo, pipeline
 from posttrain.tracking import read_metrics
 
@@ -158,6 +158,12 @@ def test_three_stages_end_to_end_then_skip_edit_and_resume(tmp_path: Path, tiny_
     assert lines["rl"] == "resuming from its last checkpoint" and lines["cold"] == "unchanged, skipped"
     steps = [m["step"] for m in read_metrics(out / "rl") if "rollout/reward" in m]
     assert steps == [1, 2, 3, 4]  # steps 1-2 kept from the killed attempt, 3-4 run once
+
+    # the response-length curve takes RL stages only, even when another stage logs a length
+    with (out / "cold" / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 1, "rollout/completion_len": 9.0}) + "\n")
+    curves = pipeline.response_lengths(plan(_config(tmp_path, killed), out))
+    assert [(name, steps) for name, steps, _ in curves] == [("rl", [1, 2, 3, 4])]
 
 
 def test_only_and_from(tmp_path: Path, tiny_model_dir: str, capsys: pytest.CaptureFixture[str]) -> None:
