@@ -27,6 +27,7 @@ from posttrain.data.chat import (
     encode_conversation,
     encode_prompt_completion,
     pack,
+    prompt_messages,
 )
 from posttrain.data.sources import DataOrder
 from posttrain.logprobs import token_logprobs
@@ -60,10 +61,9 @@ def encode_rows(rows: list[dict[str, Any]], tokenizer: Any, max_length: int,
     examples = []
     for row in rows:
         if "messages" in row:
-            messages = list(row["messages"])
-            if system_prompt and messages[0].get("role") != "system":
-                messages = [{"role": "system", "content": system_prompt}, *messages]
-            examples.append(encode_conversation(tokenizer, messages, max_length))
+            where = row.get("_where")
+            messages = prompt_messages({"messages": row["messages"], "_where": where}, system_prompt)
+            examples.append(encode_conversation(tokenizer, messages, max_length, where=where))
         else:
             examples.append(encode_prompt_completion(tokenizer, row["prompt"], row["completion"], max_length,
                                                      where=row.get("_where"), system_prompt=system_prompt))
