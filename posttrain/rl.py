@@ -22,8 +22,10 @@ from torch import nn
 from posttrain.config import DataConfig, ModelConfig, SamplingConfig
 from posttrain.data.chat import prompt_messages
 from posttrain.data.sources import reward_columns
+from posttrain.errors import RewardError
 from posttrain.models import ReferencePolicy
 from posttrain.rewards.base import RewardScores, score_completions
+from posttrain.rewards.calling import TrainerState, reward_inputs
 from posttrain.rewards.setup import reward_metrics
 from posttrain.rollout import Rollouts, SamplingParams, generate, sync_weights
 from posttrain.training import Stepper, accumulate, micro_batches
@@ -33,9 +35,10 @@ MicroLoss = Callable[[slice], tuple[torch.Tensor, dict[str, float]]]
 
 def sample_and_score(model: nn.Module, tokenizer: Any, rows: list[dict[str, Any]],
                      reward_fns: list[tuple[str, Any, float]], n: int, sampling: SamplingConfig,
-                     data: DataConfig, seed: int | None = None,
+                     data: DataConfig, seed: int | None = None, *, trainer_state: TrainerState,
                      ) -> tuple[Rollouts, RewardScores, list[dict[str, Any]]]:
-    """``n`` completions of each prompt row, scored by the weighted reward functions.
+    """``n`` completions of each prompt row, scored by the weighted reward functions, which are
+    called as TRL calls them (``score_completions``; ``trainer_state`` is passed on as is).
 
     Samples are prompt-major (sample i belongs to ``rows[i // n]``); returns the rollouts, their
     scores and the row of each sample (its columns are what the reward functions were given).
@@ -48,8 +51,10 @@ def sample_and_score(model: nn.Module, tokenizer: Any, rows: list[dict[str, Any]
     rollouts = generate(model, tokenizer, prompts, n=n, sampling=params, backend=s.backend,
                         max_prompt_tokens=data.max_prompt_tokens, engine_options={"dtype": s.dtype})
     sample_rows = [rows[i // n] for i in range(len(rollouts))]
-    scores = score_completions(reward_fns, [prompts[i // n] for i in range(len(rollouts))],
-                               rollouts.texts, reward_columns(sample_rows))
+    reward_prompts, completions = reward_inputs(sample_rows, [prompts[i // n] for i in range(len(rollouts))],
+                                                rollouts.texts)
+    scores = score_completions(reward_fns, reward_prompts, completions, reward_columns(sample_rows),
+                               completion_ids=rollouts.completion_ids, trainer_state=trainer_state)
     return rollouts, scores, sample_rows
 
 
@@ -69,12 +74,26 @@ def training_batch(rollouts: Rollouts, pad_id: int,
 
 def rollout_metrics(rollouts: Rollouts, scores: RewardScores) -> dict[str, float]:
     """rollout/reward (its std and each function's mean), completion length, the fraction cut at
-    max_new_tokens, and the engine's completion tokens per second."""
+    max_new_tokens, the engine's completion tokens per second, and ``rollout/<name>`` for each
+    metric the reward functions logged (the mean of the values given to ``log_metric``)."""
     metrics = reward_metrics(scores)
     metrics["rollout/completion_len"] = sum(map(len, rollouts.completion_ids)) / len(rollouts)
     metrics["rollout/clipped_ratio"] = sum(r == "length" for r in rollouts.finish_reasons) / len(rollouts)
     metrics["rollout/tokens_per_s"] = rollouts.timing.get("tokens_per_s", 0.0)
-    return metrics
+    return {**metrics, **logged_metrics(scores, "rollout", metrics)}
+
+
+def logged_metrics(scores: RewardScores, prefix: str, taken: dict[str, float]) -> dict[str, float]:
+    """``<prefix>/<name>``: the mean of each metric the reward functions logged with ``log_metric``
+    (as TRL averages them per step). A name that would replace one of the metrics in ``taken``
+    raises RewardError."""
+    logged = scores.logged.metrics if scores.logged else {}
+    out = {f"{prefix}/{name}": sum(values) / len(values) for name, values in logged.items()}
+    clashes = sorted(set(out) & set(taken))
+    if clashes:
+        raise RewardError(f"a reward function logged {', '.join(clashes)} with log_metric, a metric "
+                          "posttrain logs itself; choose another name")
+    return out
 
 
 def reference_policy(model_config: ModelConfig, policy: nn.Module, beta: float, mode: str,
@@ -110,9 +129,10 @@ def update_passes(stepper: Stepper, epochs: int, mini_batches: int, micro_batch_
 
 def held_out_rewards(model: nn.Module, tokenizer: Any, rows: list[dict[str, Any]],
                      reward_fns: list[tuple[str, Any, float]], sampling: SamplingConfig,
-                     data: DataConfig) -> dict[str, float]:
+                     data: DataConfig, trainer_state: TrainerState) -> dict[str, float]:
     """Mean reward of the model's greedy responses to held-out prompt rows: ``reward``,
-    ``reward_std`` and ``reward/<function>`` (empty without rows)."""
+    ``reward_std``, ``reward/<function>`` and ``greedy/<name>`` for each metric the functions
+    logged (empty without rows)."""
     if not rows:
         return {}
     was_training = model.training
@@ -120,9 +140,11 @@ def held_out_rewards(model: nn.Module, tokenizer: Any, rows: list[dict[str, Any]
     sync_weights(model)  # fused optimizers update in place without bumping version counters
     greedy = dataclasses.replace(sampling, temperature=0.0)
     # a fixed seed: evaluating must not move the global RNG that training samples from
-    _, scores, _ = sample_and_score(model, tokenizer, rows, reward_fns, 1, greedy, data, seed=0)
+    _, scores, _ = sample_and_score(model, tokenizer, rows, reward_fns, 1, greedy, data, seed=0,
+                                    trainer_state=trainer_state)
     model.train(was_training)
-    return reward_metrics(scores, prefix="reward")
+    metrics = reward_metrics(scores, prefix="reward")
+    return {**metrics, **logged_metrics(scores, "greedy", metrics)}
 
 
 def config_problems(config: Any, choices: dict[str, tuple[str, ...]]) -> list[str]:

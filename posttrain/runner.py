@@ -19,6 +19,7 @@ from torch import nn
 
 from posttrain.checkpoint import Checkpointer, find_resume_checkpoint
 from posttrain.config import ModelConfig, RunConfig, to_dict
+from posttrain.errors import RewardError
 from posttrain.models import (
     add_lora,
     count_parameters,
@@ -143,7 +144,9 @@ def evaluate_and_log(run: Run, model: nn.Module, tokenizer: Any, rows: list[dict
 
 def log_rollout_samples(run: Run, step: int, rollouts: Any, scores: Any, rows: list[dict[str, Any]],
                         advantages_N: torch.Tensor) -> None:
-    """Every rollout of the step to samples.jsonl: prompt, completion, each reward, advantage."""
+    """Every rollout of the step to samples.jsonl: prompt, completion, each reward, advantage, and the
+    columns reward functions gave ``log_extra`` (a name samples.jsonl already uses is refused)."""
+    extra = scores.logged.extra if scores.logged else {}
     samples = []
     for i, text in enumerate(rollouts.texts):
         row = rows[i]
@@ -155,6 +158,11 @@ def log_rollout_samples(run: Run, step: int, rollouts: Any, scores: Any, rows: l
         sample.update({f"reward/{name}": _float(values[i]) for name, values in scores.per_fn.items()})
         if "answer" in row:
             sample["answer"] = row["answer"]
+        clashes = sorted(set(extra) & {*sample, "step"})
+        if clashes:
+            raise RewardError(f"a reward function logged column(s) {', '.join(clashes)} with log_extra; "
+                              "samples.jsonl uses those names itself, choose others")
+        sample.update({column: values[i] for column, values in extra.items()})
         samples.append(sample)
     run.tracker.log_samples(step, samples)
 

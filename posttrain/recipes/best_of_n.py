@@ -45,6 +45,7 @@ from posttrain.data.formats import write_jsonl
 from posttrain.data.sources import DataOrder, load_split, resolve_task
 from posttrain.models import load_model, load_tokenizer, resolve_device
 from posttrain.recipes import sft
+from posttrain.rewards.base import TrainerState
 from posttrain.rewards.setup import build_reward_fns
 from posttrain.rl import held_out_rewards, rollout_metrics, sample_and_score
 from posttrain.runner import Run, eval_summary, evaluate_and_log, seed_everything, start_run
@@ -141,7 +142,8 @@ def sample_round(config: Config, model: nn.Module, tokenizer: Any, rows: list[di
                  rewards: list[Any], round_: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Steps 2-5 for one round's prompt rows: the kept responses as SFT rows, and the round's metrics."""
     n = config.n
-    rollouts, scores, _ = sample_and_score(model, tokenizer, rows, rewards, n, config.sampling, config.data)
+    rollouts, scores, _ = sample_and_score(model, tokenizer, rows, rewards, n, config.sampling, config.data,
+                                           trainer_state=TrainerState(round_ - 1, config.rounds))
     rewards_PN = scores.total.view(-1, n)
     truncated_N = torch.tensor([reason == "length" for reason in rollouts.finish_reasons])
     has_text_N = torch.tensor([bool(text.strip()) for text in rollouts.texts])
@@ -174,7 +176,8 @@ def evaluate(config: Config, run: Run, model: nn.Module, tokenizer: Any, rows: l
     metrics = evaluate_and_log(run, model, tokenizer, rows, task, config)(round_)
     scored = {}
     if rewards:
-        scored = held_out_rewards(model, tokenizer, rows, rewards, config.sampling, config.data)
+        scored = held_out_rewards(model, tokenizer, rows, rewards, config.sampling, config.data,
+                                  TrainerState(round_, config.rounds))
     if scored:
         run.tracker.log(round_, {f"eval/{k}": v for k, v in scored.items()})
         print(f"[eval] round {round_}: mean reward {scored['reward']:.4f} of greedy responses")

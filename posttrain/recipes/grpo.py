@@ -32,6 +32,7 @@ from posttrain.data.sources import DataOrder, resolve_task
 from posttrain.logprobs import shared_prompt_logprobs, token_logprobs
 from posttrain.losses import policy_loss
 from posttrain.models import ReferencePolicy
+from posttrain.rewards.base import RewardScores, TrainerState
 from posttrain.rewards.setup import build_reward_fns
 from posttrain.rl import (
     config_problems,
@@ -109,36 +110,34 @@ class Config:
 
 
 def _sample_groups(config: Config, model: Any, tokenizer: Any, rows: list[dict[str, Any]],
-                   reward_fns: list[Any]) -> tuple[Any, Any, list[dict[str, Any]]]:
+                   reward_fns: list[Any], step: int) -> tuple[Any, Any, list[dict[str, Any]]]:
     """Steps 2-3 for a list of prompt rows: rollouts, their reward scores, one row per sample."""
     return sample_and_score(model, tokenizer, rows, reward_fns, config.samples_per_prompt, config.sampling,
-                            config.data)
+                            config.data, trainer_state=TrainerState(step - 1, config.run.steps))
 
 
 def _concat(parts: list[tuple[Any, Any, list[dict[str, Any]]]]) -> tuple[Any, Any, list[dict[str, Any]]]:
     """Several sampling rounds as one batch (dynamic sampling)."""
     import dataclasses
 
-    first_r, first_s, _ = parts[0]
+    first_r = parts[0][0]
     rollouts = Rollouts(**{f.name: [x for p in parts for x in getattr(p[0], f.name)]
                            for f in dataclasses.fields(Rollouts) if f.name != "timing"},
                         timing={k: sum(p[0].timing.get(k, 0.0) for p in parts) for k in first_r.timing})
-    per_fn = {k: torch.cat([p[1].per_fn[k] for p in parts]) for k in first_s.per_fn}
-    scores = dataclasses.replace(first_s, total=torch.cat([p[1].total for p in parts]), per_fn=per_fn)
-    return rollouts, scores, [row for p in parts for row in p[2]]
+    return rollouts, RewardScores.concat([p[1] for p in parts]), [row for p in parts for row in p[2]]
 
 
 def rollout_step(config: Config, model: Any, tokenizer: Any, next_rows: Callable[[], list[dict[str, Any]]],
-                 reward_fns: list[Any]) -> tuple[Any, Any, list[dict[str, Any]], torch.Tensor]:
-    """Sample, score and compute advantages; with dynamic sampling, refill all-equal groups."""
+                 reward_fns: list[Any], step: int) -> tuple[Any, Any, list[dict[str, Any]], torch.Tensor]:
+    """Sample, score and compute advantages at ``step``; with dynamic sampling, refill all-equal groups."""
     G = config.samples_per_prompt
-    parts = [_sample_groups(config, model, tokenizer, next_rows(), reward_fns)]
+    parts = [_sample_groups(config, model, tokenizer, next_rows(), reward_fns, step)]
     for _ in range(config.dynamic_sampling_rounds):
         flat = torch.cat([p[1].total for p in parts])
         n_informative = int((~zero_std_groups(flat, G)).sum())
         if n_informative >= config.prompts_per_step:
             break
-        parts.append(_sample_groups(config, model, tokenizer, next_rows(), reward_fns))
+        parts.append(_sample_groups(config, model, tokenizer, next_rows(), reward_fns, step))
     rollouts, scores, sample_rows = _concat(parts) if len(parts) > 1 else parts[0]
     advantages_N = group_advantages(scores.total, G, baseline=config.advantage_baseline,
                                     scale=config.advantage_scale)
@@ -206,7 +205,7 @@ def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]]
         s.model.eval()
         sync_weights(s.model)  # the engine's bf16 copy: fused AdamW leaves version counters alone
         rollouts, scores, sample_rows, advantages_N = rollout_step(
-            config, s.model, s.tokenizer, lambda: order.take(P), rewards)
+            config, s.model, s.tokenizer, lambda: order.take(P), rewards, step)
         rollout_s = time.perf_counter() - started
         s.model.train()
         batch, truncated_N = training_batch(rollouts, s.tokenizer.pad_token_id, s.device)

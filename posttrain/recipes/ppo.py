@@ -41,6 +41,7 @@ from posttrain.data.sources import DataOrder, load_split, resolve_task
 from posttrain.logprobs import token_logprobs
 from posttrain.losses import policy_loss, value_loss
 from posttrain.models import ReferencePolicy
+from posttrain.rewards.base import TrainerState
 from posttrain.rewards.setup import build_reward_fns
 from posttrain.rl import (
     config_problems,
@@ -224,7 +225,8 @@ def _evaluate_policy(config: Config, s: Setup, policy: Any, eval_rows: list[dict
     s.eval_before = s.evaluate(0) if s.run.start_step == 0 else s.run.state.get("eval_before", {})
 
     def reward_evaluation(step: int) -> dict[str, float]:
-        metrics = held_out_rewards(policy, s.tokenizer, rows, rewards, config.sampling, config.data)
+        metrics = held_out_rewards(policy, s.tokenizer, rows, rewards, config.sampling, config.data,
+                                   TrainerState(step, config.run.steps))
         if metrics:
             s.run.tracker.log(step, {f"eval/{k}": v for k, v in metrics.items()})
             print(f"[eval] step {step}: mean reward {metrics['reward']:.4f} of greedy responses to "
@@ -267,8 +269,9 @@ def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]]
         started = time.perf_counter()
         ac.eval()
         sync_weights(ac.policy)  # the engine's bf16 copy: fused AdamW leaves version counters alone
+        progress = TrainerState(global_step=step - 1, max_steps=config.run.steps)
         rollouts, scores, sample_rows = sample_and_score(ac.policy, s.tokenizer, order.take(P), rewards, G,
-                                                         config.sampling, config.data)
+                                                         config.sampling, config.data, trainer_state=progress)
         rollout_s = time.perf_counter() - started
         batch, truncated_N = training_batch(rollouts, s.tokenizer.pad_token_id, s.device)
         beta = kl_control.value if kl_control is not None else config.beta

@@ -2,13 +2,18 @@
 
 A reward function is any callable with TRL's signature
 
-    fn(prompts, completions, **columns) -> list[float | None]
+    fn(prompts, completions, completion_ids, trainer_state, log_extra, log_metric, **columns)
+        -> list[float | None]
 
-`prompts` are the dataset's prompts (strings, or message lists for chat data); `completions` are
-strings for string prompts and `[{"role": "assistant", "content": text}]` for chat prompts (use
-`completion_text` to accept both); `columns` are the dataset's other columns, one value per
-completion (`answer=[...]`), plus possibly `completion_ids` and `trainer_state`. Functions must
-accept `**kwargs`. `None` means "does not apply to this sample": it is excluded, not scored 0.
+called with keyword arguments only (see `posttrain.rewards.calling`). For a conversational row
+(its prompt is a list of messages) the prompt is that list (system prompt included) and the
+completion is `[{"role": "assistant", "content": text}]`; for a standard row (a string prompt)
+both are strings (`completion_text` accepts either). `completion_ids` are the sampled token ids;
+`columns` are the row's other dataset columns, one value per completion (`answer=[...]`);
+`trainer_state.global_step` / `.max_steps` say how far training is; `log_metric(name, value)`
+and `log_extra(column, values)` add to metrics.jsonl and samples.jsonl. Functions should accept
+`**kwargs`. `None` means "does not apply to this sample": it is excluded, not scored 0. An
+`async def` function is awaited, concurrently with the other async ones.
 """
 
 from __future__ import annotations
@@ -34,11 +39,20 @@ from posttrain.rewards import language as language_rewards
 from posttrain.rewards import math as math_rewards
 from posttrain.rewards import reward_model as model_rewards
 from posttrain.rewards.answers import completion_text
+from posttrain.rewards.calling import (
+    TRAINER_ARGUMENTS,
+    RewardLog,
+    TrainerState,
+    call_reward_fns,
+    short_repr,
+)
 
 __all__ = [
     "BUILTIN_REWARDS",
     "RewardFn",
+    "RewardLog",
     "RewardScores",
+    "TrainerState",
     "check_reward",
     "completion_text",
     "format_reward",
@@ -46,8 +60,8 @@ __all__ = [
     "score_completions",
 ]
 
-# Columns a trainer passes that are not per-row dataset values.
-_NOT_ROW_COLUMNS = ("completion_ids", "trainer_state")
+# Arguments a trainer passes that are not per-row dataset values.
+_NOT_ROW_COLUMNS = tuple(name for name in TRAINER_ARGUMENTS if name not in ("prompts", "completions"))
 
 
 class RewardFn(Protocol):
@@ -75,11 +89,6 @@ REWARD_FACTORIES: dict[str, Callable[[str], RewardFn]] = {
 or ``language_consistency:zh`` (R1's language reward for another target language)."""
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _fn_name(fn: Callable[..., Any]) -> str:
     inner = getattr(fn, "func", fn)  # functools.partial has no __name__
     return getattr(inner, "__name__", type(fn).__name__)
@@ -92,7 +101,7 @@ def resolve_reward(spec: str | Callable[..., Any]) -> tuple[str, RewardFn]:
         return _fn_name(spec), spec
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(
-            f"a reward must be a built-in name, 'file.py:function' or a callable, got {_short(spec)}"
+            f"a reward must be a built-in name, 'file.py:function' or a callable, got {short_repr(spec)}"
         )
     spec = spec.strip()
     if spec.partition(":")[0] in REWARD_FACTORIES:  # "reward_model:PATH": a function built from PATH
@@ -181,45 +190,37 @@ def _import_module(module_name: str, spec: str) -> Any:
 @dataclass
 class RewardScores:
     """Scores of N completions. `total`: weighted sum over the functions that returned a number
-    for that row, NaN when none did; `per_fn`: each function's raw scores, NaN for None."""
+    for that row, NaN when none did; `per_fn`: each function's raw scores, NaN for None;
+    `logged`: what the functions gave `log_metric` and `log_extra` while scoring."""
 
     total: torch.Tensor  # [N] float32
     per_fn: dict[str, torch.Tensor]  # name -> [N] float32
+    logged: RewardLog | None = None
 
-
-def _row_slice(columns: dict[str, Any], index: int, n: int) -> dict[str, Any]:
-    """The columns of one sample, as one-element lists (values that are not per-row pass as is)."""
-    return {key: [value[index]] if _is_per_row(value, n) else value for key, value in columns.items()}
-
-
-def _is_per_row(value: Any, n: int) -> bool:
-    return isinstance(value, Sequence) and not isinstance(value, str) and len(value) == n
-
-
-def _call(
-    name: str, fn: RewardFn, prompts: list[Any], completions: list[Any], columns: dict[str, Any]
-) -> Any:
-    """Call `fn` on the batch; if it raises, call it per sample to name the first failing one."""
-    try:
-        return fn(prompts=prompts, completions=completions, **columns)
-    except Exception as batch_error:
-        n = len(completions)
-        for index in range(n):
-            try:
-                fn(
-                    prompts=[prompts[index]],
-                    completions=[completions[index]],
-                    **_row_slice(columns, index, n),
+    @staticmethod
+    def concat(parts: Sequence[RewardScores]) -> RewardScores:
+        """Several scored batches as one, in order (a column one batch did not log is None there)."""
+        n = sum(len(part.total) for part in parts)
+        logged = RewardLog(n)
+        for part in parts:
+            for name, values in (part.logged.metrics if part.logged else {}).items():
+                logged.metrics.setdefault(name, []).extend(values)
+        columns = {column for part in parts if part.logged for column in part.logged.extra}
+        for column in sorted(columns):
+            logged.extra[column] = [
+                value
+                for part in parts
+                for value in (
+                    part.logged.extra[column]
+                    if part.logged and column in part.logged.extra
+                    else [None] * len(part.total)
                 )
-            except Exception as error:
-                raise RewardError(
-                    f"reward function '{name}' raised {type(error).__name__}: {error} "
-                    f"on sample {index} (completion {_short(completions[index])})"
-                ) from error
-        raise RewardError(
-            f"reward function '{name}' raised {type(batch_error).__name__}: {batch_error} "
-            f"on the batch of {n} samples (each sample alone scored without error)"
-        ) from batch_error
+            ]
+        return RewardScores(
+            total=torch.cat([part.total for part in parts]),
+            per_fn={name: torch.cat([part.per_fn[name] for part in parts]) for name in parts[0].per_fn},
+            logged=logged,
+        )
 
 
 def _to_floats(name: str, result: Any, n: int) -> list[float]:
@@ -246,8 +247,8 @@ def _to_floats(name: str, result: Any, n: int) -> list[float]:
             values.append(number)
         else:
             raise RewardError(
-                f"reward function '{name}' returned {type(value).__name__} {_short(value)} for row {row}, "
-                "expected a float or None"
+                f"reward function '{name}' returned {type(value).__name__} {short_repr(value)} "
+                f"for row {row}, expected a float or None"
             )
     return values
 
@@ -257,9 +258,15 @@ def score_completions(
     prompts: list[Any],
     completions: list[Any],
     columns: dict[str, Any],
+    *,
+    completion_ids: list[list[int]] | None = None,
+    trainer_state: TrainerState | None = None,
 ) -> RewardScores:
     """Score N completions with every (name, fn, weight); see RewardScores for the result.
 
+    Each function is called as TRL calls it (see `posttrain.rewards.calling`): `prompts`,
+    `completions`, `completion_ids`, every column of `columns` (one value per completion),
+    `trainer_state`, `log_extra` and `log_metric`; `async def` functions run concurrently.
     total[i] = sum over functions f with a number for row i of weight_f * score_f[i], NaN if none.
     Raises RewardError naming the function (and the sample or row) on any bad call or output.
     """
@@ -269,21 +276,35 @@ def score_completions(
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ConfigError(f"reward function names must be unique, repeated: {', '.join(duplicates)}")
+    clashes = sorted(set(columns) & set(TRAINER_ARGUMENTS))
+    if clashes:
+        raise ConfigError(
+            f"dataset column(s) {', '.join(clashes)} have the name of an argument every reward function "
+            "receives from the trainer; rename them in the data"
+        )
     n = len(completions)
     if len(prompts) != n:
         raise ValueError(f"got {len(prompts)} prompts for {n} completions; repeat each prompt per completion")
+    log = RewardLog(n)
+    kwargs = {
+        "prompts": prompts,
+        "completions": completions,
+        "completion_ids": completion_ids,
+        **columns,
+        "trainer_state": trainer_state if trainer_state is not None else TrainerState(),
+    }
+    results = call_reward_fns([(name, fn) for name, fn, _ in reward_fns], kwargs, log)
     per_fn: dict[str, torch.Tensor] = {}
     total_N = torch.zeros(n, dtype=torch.float64)
     any_number_N = torch.zeros(n, dtype=torch.bool)
-    for name, fn, weight in reward_fns:
-        result = _call(name, fn, prompts, completions, columns)
+    for (name, _, weight), result in zip(reward_fns, results):
         scores_N = torch.tensor(_to_floats(name, result, n), dtype=torch.float64)
         has_number_N = ~torch.isnan(scores_N)
         total_N += torch.where(has_number_N, scores_N * weight, torch.zeros_like(scores_N))
         any_number_N |= has_number_N
         per_fn[name] = scores_N.float()
     total_N = torch.where(any_number_N, total_N, torch.full_like(total_N, math.nan))
-    return RewardScores(total=total_N.float(), per_fn=per_fn)
+    return RewardScores(total=total_N.float(), per_fn=per_fn, logged=log)
 
 
 def _task_name(task: Any) -> str:

@@ -49,9 +49,12 @@ def _is_python(source: str) -> bool:
 
 def prompt_code(prompt: Any) -> str:
     """The Python part of a prompt: the prompt itself if it parses (HumanEval), or the last python
-    fence of the last user message of a conversational prompt; "" when there is none."""
+    fence of a text prompt or of the last user message of a conversational prompt; "" when there is
+    none."""
     if isinstance(prompt, str):
-        return prompt if _is_python(prompt) else ""
+        if _is_python(prompt):
+            return prompt
+        prompt = [{"role": "user", "content": prompt}]
     if isinstance(prompt, list | tuple):
         users = [m for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
         if users:

@@ -15,6 +15,7 @@ from posttrain.errors import ConfigError, RewardError
 from posttrain.rewards import format as format_rewards
 from posttrain.rewards.base import (
     BUILTIN_REWARDS,
+    TrainerState,
     check_reward,
     format_reward,
     resolve_reward,
@@ -142,19 +143,21 @@ def test_score_passes_columns() -> None:
     seen: dict[str, Any] = {}
 
     def spy(prompts: list, completions: list, answer: list, trainer_state: Any, **kwargs: Any) -> list[float]:
-        seen.update(prompts=prompts, answer=answer, state=trainer_state, extra=kwargs)
+        seen.update(prompts=prompts, answer=answer, state=trainer_state, extra=sorted(kwargs))
         return [0.0] * len(completions)
 
-    state = {"step": 3}
-    score_completions(
-        [("spy", spy, 1.0)], ["p1", "p2"], ["a", "b"], {"answer": ["1", "2"], "trainer_state": state}
-    )
-    assert seen == {"prompts": ["p1", "p2"], "answer": ["1", "2"], "state": state, "extra": {}}
+    state = TrainerState(global_step=3, max_steps=10)
+    score_completions([("spy", spy, 1.0)], ["p1", "p2"], ["a", "b"], {"answer": ["1", "2"]},
+                      completion_ids=[[5], [6, 7]], trainer_state=state)
+    assert seen == {"prompts": ["p1", "p2"], "answer": ["1", "2"], "state": state,
+                    "extra": ["completion_ids", "log_extra", "log_metric"]}
 
 
 def test_score_finds_the_failing_sample() -> None:
-    def picky(prompts: list, completions: list, trainer_state: Any = None, **kwargs: Any) -> list[float]:
-        assert trainer_state == {"step": 1}  # not sliced per sample: it is not per-row
+    def picky(prompts: list, completions: list, completion_ids: list, trainer_state: Any = None,
+              **kwargs: Any) -> list[float]:
+        assert trainer_state.global_step == 1  # not sliced per sample: it is not per-row
+        assert len(completion_ids) == len(completions)  # sliced with the sample
         for completion in completions:
             if completion == "bad":
                 raise ValueError("bad input")
@@ -163,9 +166,8 @@ def test_score_finds_the_failing_sample() -> None:
     with pytest.raises(
         RewardError, match=r"'picky' raised ValueError: bad input on sample 2 \(completion 'bad'\)"
     ):
-        score_completions(
-            [("picky", picky, 1.0)], ["p"] * 3, ["ok", "ok", "bad"], {"trainer_state": {"step": 1}}
-        )
+        score_completions([("picky", picky, 1.0)], ["p"] * 3, ["ok", "ok", "bad"], {},
+                          completion_ids=[[1], [2], [3]], trainer_state=TrainerState(1, 4))
 
     def batch_only(prompts: list, completions: list, **kwargs: Any) -> list[float]:
         if len(completions) > 1:
@@ -234,9 +236,9 @@ def test_task_adapters() -> None:
     assert (correct.__name__, form.__name__) == ("arith_check", "arith_format")
     completions = [[{"role": "assistant", "content": "7"}], [{"role": "assistant", "content": "x"}]]
     prompts = [[{"role": "user", "content": "3+4?"}], [{"role": "user", "content": "?"}]]
-    columns = {"answer": ["7", "skip"], "completion_ids": [[1], [2]], "trainer_state": None}
     scores = score_completions(
-        [("task_correct", correct, 1.0), ("task_format", form, 0.5)], prompts, completions, columns
+        [("task_correct", correct, 1.0), ("task_format", form, 0.5)], prompts, completions,
+        {"answer": ["7", "skip"]}, completion_ids=[[1], [2]], trainer_state=TrainerState(0, 2),
     )
     assert scores.per_fn["task_correct"].tolist() == [1.0, 0.0]
     assert scores.per_fn["task_format"][0] == 1.0 and scores.per_fn["task_format"][1].isnan()

@@ -49,6 +49,8 @@ def test_prompt_code_for_text_and_chat_prompts() -> None:
             {"role": "user", "content": f"Complete this:\n```python\n{PROMPT}```"}]  # fmt: skip
     assert prompt_code(chat) == PROMPT
     assert prompt_code([{"role": "user", "content": "no code here"}]) == ""
+    # a standard (string) prompt reaches reward functions as the string itself, not as messages
+    assert prompt_code(chat[1]["content"]) == PROMPT
 
 
 def test_build_solution_body_and_full_function() -> None:
