@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+import torch
 
 from posttrain.errors import ConfigError, RewardError
 from posttrain.rewards.base import RewardScores, TrainerState, score_completions
@@ -136,3 +137,26 @@ def test_trainer_state_defaults_and_column_clashes() -> None:
     with pytest.raises(ConfigError, match="dataset column\\(s\\) completion_ids, log_metric have the name "
                                           "of an argument every reward function receives"):
         score_completions([("spy", spy, 1.0)], ["p"], ["a"], {"completion_ids": [1], "log_metric": [2]})
+
+
+def test_logged_names_must_not_replace_posttrains_own() -> None:
+    from types import SimpleNamespace
+
+    from posttrain.rl import logged_metrics
+    from posttrain.rollout import Rollouts
+    from posttrain.runner import log_rollout_samples
+
+    def logs(completions: list[str], log_extra: Any, log_metric: Any, **kwargs: Any) -> list[float]:
+        log_metric("reward", 1.0)
+        log_extra("advantage", [0] * len(completions))
+        return [1.0] * len(completions)
+
+    scores = score_completions([("logs", logs, 1.0)], ["p"], ["a"], {})
+    assert logged_metrics(scores, "greedy", {"reward": 1.0}) == {"greedy/reward": 1.0}
+    with pytest.raises(RewardError, match="logged rollout/reward with log_metric, a metric posttrain logs"):
+        logged_metrics(scores, "rollout", {"rollout/reward": 1.0})
+    rollouts = Rollouts(prompt_ids=[[1]], completion_ids=[[2]], texts=["a"], logprobs=[torch.zeros(1)],
+                        finish_reasons=["stop"], prompt_index=[0])
+    run = SimpleNamespace(tracker=SimpleNamespace(log_samples=lambda step, rows: None))
+    with pytest.raises(RewardError, match=r"column\(s\) advantage with log_extra; samples.jsonl uses"):
+        log_rollout_samples(run, 1, rollouts, scores, [{"prompt": "p"}], torch.zeros(1))
