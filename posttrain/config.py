@@ -165,8 +165,9 @@ class SamplingConfig:
     """Most tokens generated per completion."""
     backend: str = "torch"
     """Rollout engine: torch, or vllm (GPU, optional extra)."""
-    dtype: str = "bfloat16"
-    """Dtype of the rollout engine's copy of the weights (bfloat16 or float32)."""
+    dtype: str = "float32"
+    """Rollout weights: float32 samples the model itself (log-probs equal a re-scoring); bfloat16 an
+    engine-owned bf16 copy of an fp32 model (faster; it follows every optimizer step by itself)."""
 
 
 # ----------------------------------------------------------------------------- documentation

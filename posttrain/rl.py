@@ -27,7 +27,7 @@ from posttrain.models import ReferencePolicy
 from posttrain.rewards.base import RewardScores, score_completions
 from posttrain.rewards.calling import TrainerState, reward_inputs
 from posttrain.rewards.setup import reward_metrics
-from posttrain.rollout import Rollouts, SamplingParams, generate, sync_weights
+from posttrain.rollout import Rollouts, SamplingParams, generate
 from posttrain.training import Stepper, accumulate, micro_batches
 
 MicroLoss = Callable[[slice], tuple[torch.Tensor, dict[str, float]]]
@@ -137,7 +137,6 @@ def held_out_rewards(model: nn.Module, tokenizer: Any, rows: list[dict[str, Any]
         return {}
     was_training = model.training
     model.eval()
-    sync_weights(model)  # fused optimizers update in place without bumping version counters
     greedy = dataclasses.replace(sampling, temperature=0.0)
     # a fixed seed: evaluating must not move the global RNG that training samples from
     _, scores, _ = sample_and_score(model, tokenizer, rows, reward_fns, 1, greedy, data, seed=0,

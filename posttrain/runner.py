@@ -116,14 +116,12 @@ def evaluate_and_log(run: Run, model: nn.Module, tokenizer: Any, rows: list[dict
     """
     from posttrain.data.formats import write_jsonl
     from posttrain.eval.evaluate import evaluate_rows
-    from posttrain.rollout import sync_weights
 
     def evaluate(step: int) -> dict[str, float]:
         if not rows or task is None:
             return {}
         was_training = model.training
         model.eval()
-        sync_weights(model)  # fused optimizers update in place without bumping version counters
         started = __import__("time").perf_counter()
         metrics, per_row = evaluate_rows(
             model, tokenizer, rows, task, max_new_tokens=config.sampling.max_new_tokens,

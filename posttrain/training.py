@@ -4,7 +4,9 @@
 non-finite losses and gradients (the step is skipped and the weights stay bit-identical; many bad
 steps in a row abort the run), clips the gradient norm, steps the optimizer and the schedule.
 Clipping a NaN gradient would spread the NaN into every weight, so the finiteness check comes
-first.
+first. A step taken moves the weights version the rollout engines read (fused AdamW included, see
+``posttrain/rollout/weights.py``), so ``generate`` after ``step()`` samples the new policy; a skipped
+step moves nothing.
 """
 
 from __future__ import annotations

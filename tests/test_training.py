@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from posttrain.config import OptimConfig
+from posttrain.rollout.weights import weights_signature
 from posttrain.training import (
     Stepper,
     TrainingDiverged,
@@ -51,6 +52,19 @@ def test_non_finite_step_is_skipped_and_weights_are_bit_identical(poison: str) -
     assert stats["train/skipped_step"] == 1.0
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_fused_step_advances_the_weights_version_the_rollout_engine_reads_and_a_skipped_one_does_not(
+        ) -> None:
+    model, stepper = _setup()
+    assert stepper.optimizer.defaults["fused"]  # fused kernels move no version counter of their own
+    start = weights_signature(model)
+    stepper.backward(model(torch.ones(3, 4)).sum() * float("nan"))
+    stepper.step()
+    assert weights_signature(model) == start  # skipped: same weights, no needless refresh
+    stepper.backward(model(torch.ones(3, 4)).sum())
+    stepper.step()
+    assert weights_signature(model) != start
 
 
 def test_too_many_bad_steps_abort_with_message() -> None:

@@ -43,7 +43,7 @@ from posttrain.rl import (
     training_batch,
     update_passes,
 )
-from posttrain.rollout import Rollouts, sync_weights
+from posttrain.rollout import Rollouts
 from posttrain.runner import log_rollout_samples, setup
 from posttrain.training import Stepper, autocast, micro_batches
 
@@ -203,7 +203,6 @@ def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]]
     for step in range(s.run.start_step + 1, config.run.steps + 1):
         started = time.perf_counter()
         s.model.eval()
-        sync_weights(s.model)  # the engine's bf16 copy: fused AdamW leaves version counters alone
         rollouts, scores, sample_rows, advantages_N = rollout_step(
             config, s.model, s.tokenizer, lambda: order.take(P), rewards, step)
         rollout_s = time.perf_counter() - started

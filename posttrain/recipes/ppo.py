@@ -53,7 +53,6 @@ from posttrain.rl import (
     training_batch,
     update_passes,
 )
-from posttrain.rollout import sync_weights
 from posttrain.runner import Setup, evaluate_and_log, log_rollout_samples, setup
 from posttrain.training import Stepper, autocast, micro_batches
 
@@ -268,7 +267,6 @@ def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]]
     for step in range(s.run.start_step + 1, config.run.steps + 1):
         started = time.perf_counter()
         ac.eval()
-        sync_weights(ac.policy)  # the engine's bf16 copy: fused AdamW leaves version counters alone
         progress = TrainerState(global_step=step - 1, max_steps=config.run.steps)
         rollouts, scores, sample_rows = sample_and_score(ac.policy, s.tokenizer, order.take(P), rewards, G,
                                                          config.sampling, config.data, trainer_state=progress)

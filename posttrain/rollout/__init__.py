@@ -2,8 +2,11 @@
 
 ``generate(model, tokenizer, prompts, n, sampling)`` returns ``Rollouts`` (see ``types.py``);
 ``backend="torch"`` (default, any device) or ``"vllm"`` (GPU, optional extra). Engines are kept per
-model between calls, so a bf16 weight copy or a vLLM server is built once; ``sync_weights(model)``
-refreshes them after an optimizer step (the torch engine also notices changed weights by itself).
+model between calls, so a bf16 weight copy or a vLLM server is built once, and they follow the
+model's weights by themselves: every optimizer step (fused AdamW included, through a global step
+hook), ``load_state_dict`` and in-place write moves the version they read (``weights.py``).
+``sync_weights(model)`` is the explicit refresh for edits they cannot see (through ``param.data``,
+an optimizer that is not a ``torch.optim.Optimizer``).
 
 Prompts: a ``str`` is raw text (tokenized as is, no chat template), a list of ``{"role", "content"}``
 messages goes through the tokenizer's chat template with the generation prompt, a list of ints is
@@ -95,9 +98,11 @@ def generate(model: nn.Module, tokenizer: Any, prompts: list[str | list[dict[str
              engine_options: dict[str, Any] | None = None) -> Rollouts:
     """Sample ``n`` completions for each prompt; rows are ordered prompt-major (row = p·n + j).
 
-    engine_options (torch): ``dtype`` "float32" (default) | "bfloat16" (an engine-owned bf16 copy of
-    the weights, refreshed when they change), plus the per-call ``DecodeOptions``: ``ignore_eos``,
-    ``compact_min``, ``sampler``, ``decoder``. (vllm): see ``vllm_engine.VLLMEngine``.
+    engine_options (torch): ``dtype`` "float32" (default, like the recipes' ``sampling.dtype``: the
+    model itself samples, log-probs equal a re-scoring) | "bfloat16" (an engine-owned bf16 copy of an
+    fp32 model, faster, log-probs within ~0.4 nats; it follows every optimizer step by itself), plus
+    the per-call ``DecodeOptions``: ``ignore_eos``, ``compact_min``, ``sampler``, ``decoder``.
+    (vllm): see ``vllm_engine.VLLMEngine``.
     """
     if backend not in _BACKENDS:
         raise ConfigError(f"unknown rollout backend {backend!r}; choose one of {list(_BACKENDS)}")
@@ -117,6 +122,8 @@ def generate(model: nn.Module, tokenizer: Any, prompts: list[str | list[dict[str
 
 
 def sync_weights(model: nn.Module) -> None:
-    """Push ``model``'s current weights into every engine built for it (call after optimizer steps)."""
+    """Push ``model``'s current weights into every engine built for it. Engines follow optimizer
+    steps and ``load_state_dict`` by themselves; call this after edits they cannot see (``p.data``
+    writes, an optimizer that does not subclass ``torch.optim.Optimizer``)."""
     for engine in _ENGINES.get(model, {}).values():
         engine.sync_weights(model)

@@ -13,11 +13,14 @@ How one ``generate`` call runs:
 4. Sampling: temperature, then top-k, then top-p on the probabilities; one uniform per row drawn
    from a ``torch.Generator`` seeded per call, inverted through a two-level CDF (``_inverse_cdf``).
 
-``dtype="bfloat16"`` keeps an engine-owned bf16 copy of the weights for sampling. The copy is
-refreshed automatically when the training model's parameters change (their in-place version
-counters move, which every optimizer step and ``load_state_dict`` does); ``sync_weights(model)``
-forces it, e.g. after editing weights through ``.data``. Its log-probs differ from an fp32
-re-scoring (numbers in benchmarks/rollout.py), which is why fp32 is the default.
+Weights: ``dtype="float32"`` (the default, as for the recipes' ``sampling.dtype``) samples the
+training model itself, in whatever dtype it holds, so the log-probs equal a re-scoring pass.
+``dtype="bfloat16"`` samples an engine-owned bf16 copy of an fp32 model (faster; its log-probs
+differ from an fp32 re-scoring, numbers in benchmarks/rollout.py), or the model itself when it is
+bf16 already. The copy follows the weights by itself: it is refreshed whenever
+``weights.weights_signature`` moves, which every optimizer step (fused ones included),
+``load_state_dict`` and in-place write does; ``sync_weights(model)`` forces it after edits that
+signature cannot see (through ``.data``; see ``weights.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from posttrain.errors import ConfigError
 from posttrain.rollout.types import DecodeOptions, Rollouts, SamplingParams
+from posttrain.rollout.weights import weights_signature
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # A nucleus is looked for among this many top tokens first; a full sort only when it is not there.
@@ -346,13 +350,6 @@ def eos_ids(model: nn.Module, tokenizer: Any) -> list[int]:
     return sorted(ids)
 
 
-def _weights_signature(model: nn.Module) -> tuple[int, int]:
-    """Changes whenever a parameter is modified in place (optimizer step, load_state_dict) or replaced."""
-    version = sum(p._version for p in model.parameters())
-    pointers = sum(p.data_ptr() for p in model.parameters())
-    return version, pointers
-
-
 class TorchEngine:
     """Batched KV-cache sampler for a Hugging Face causal LM (see the module docstring).
 
@@ -366,9 +363,15 @@ class TorchEngine:
         self._copy: nn.Module | None = None
         self._signature: tuple[int, int] | None = None
 
-    def sync_weights(self, model: nn.Module) -> None:
-        """Refresh the engine's reduced-precision copy of ``model`` (no-op when sampling in fp32)."""
+    def _samples_model_itself(self, model: nn.Module) -> bool:
+        """True when a reduced copy would equal ``model``: fp32 sampling, or a bf16 model already."""
         if self.dtype == torch.float32:
+            return True
+        return not _is_peft(model) and all(p.dtype == self.dtype for p in model.parameters())
+
+    def sync_weights(self, model: nn.Module) -> None:
+        """Refresh the engine's reduced-precision copy of ``model`` (none when ``model`` itself samples)."""
+        if self._samples_model_itself(model):
             self._copy = None
             return
         if self._copy is None or _is_peft(model):
@@ -378,13 +381,14 @@ class TorchEngine:
             with torch.no_grad():
                 for target, param in zip(self._copy.parameters(), model.parameters()):
                     target.copy_(param)
-        self._signature = _weights_signature(model)
+        self._signature = weights_signature(model)
 
     def sampling_model(self, model: nn.Module) -> nn.Module:
-        """The module that samples: ``model`` itself in fp32, else the refreshed reduced copy."""
-        if self.dtype == torch.float32:
+        """The module that samples: ``model`` itself, or the reduced copy refreshed if the weights moved."""
+        if self._samples_model_itself(model):
+            self._copy = None
             return model
-        if self._copy is None or self._signature != _weights_signature(model):
+        if self._copy is None or self._signature != weights_signature(model):
             self.sync_weights(model)
         assert self._copy is not None
         return self._copy

@@ -9,7 +9,7 @@ Unchecked in this project's CI (no GPU): it follows vLLM's documented offline AP
 3. ``sync_weights(model)`` pushes the training weights into the running engine through
    ``LLM.collective_rpc`` and each worker's ``model_runner.model.load_weights`` (HF parameter
    names), then drops the prefix cache, whose KV entries came from the old weights. ``generate``
-   also syncs by itself when the parameters' in-place version counters moved.
+   also syncs by itself when ``weights.weights_signature`` moved (every optimizer step does).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from torch import nn
 
 from posttrain.errors import ConfigError
 from posttrain.rollout.types import Rollouts, SamplingParams
+from posttrain.rollout.weights import weights_signature
 
 
 def _import_vllm() -> Any:
@@ -52,10 +53,6 @@ def _hf_weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return [(name, param.detach().cpu()) for name, param in model.state_dict().items()]
 
 
-def _signature(model: nn.Module) -> int:
-    return sum(p._version for p in model.parameters())
-
-
 class VLLMEngine:
     """A running ``vllm.LLM`` serving the current weights of one training model."""
 
@@ -72,17 +69,17 @@ class VLLMEngine:
                             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                             logprobs_mode="processed_logprobs", enable_prefix_caching=True)
         self.ignore_eos = ignore_eos
-        self._version = _signature(model)
+        self._version = weights_signature(model)
 
     def sync_weights(self, model: nn.Module) -> None:
         """Load ``model``'s weights into the engine's workers (call after each optimizer step)."""
         self.llm.collective_rpc(_load_weights, args=(_hf_weights(model),))
         self.llm.reset_prefix_cache()
-        self._version = _signature(model)
+        self._version = weights_signature(model)
 
     def generate(self, model: nn.Module, tokenizer: Any, prompt_ids: list[list[int]], n: int,
                  sampling: SamplingParams) -> Rollouts:
-        if _signature(model) != self._version:
+        if weights_signature(model) != self._version:
             self.sync_weights(model)
         seed = sampling.seed if sampling.seed is not None else int(torch.randint(2**31, (1,)).item())
         params = self._vllm.SamplingParams(
