@@ -53,8 +53,8 @@ def _problems(cls: type, *overrides: str) -> list[str]:
 
 def test_a_metric_the_recipe_never_logs_is_a_config_error_naming_the_nearest() -> None:
     assert _problems(sft.Config, "run.keep_best=accuracy", "run.eval_every=5") == [
-        "run.keep_best: 'accuracy' is not a held-out metric sft logs; did you mean 'eval/accuracy'? (sft logs "
-        "eval/accuracy, eval/format, eval/mean_length, eval/accuracy_any, eval/problems)"]
+        "run.keep_best: 'accuracy' is not a held-out metric sft logs; did you mean 'eval/accuracy'? "
+        "(sft logs eval/accuracy, eval/format, eval/mean_length, eval/accuracy_any, eval/problems)"]
     (problem,) = _problems(reward_model.Config, "run.keep_best=eval/pairwise_acuracy")
     assert "did you mean 'eval/pairwise_accuracy'?" in problem
     (problem,) = _problems(grpo.Config, "run.keep_best=eval/preference_accuracy", "run.eval_every=5")
@@ -130,13 +130,15 @@ def _scripted(values: dict[int, float | None], stop_at: int | None = None) -> Ca
 def _sft(tiny_model_dir: str, out: Path, *overrides: str) -> sft.Config:
     return load_config(sft.Config, None, [
         f"model.name={tiny_model_dir}", "model.autocast=none", f"run.output_dir={out}", "run.name=t",
-        "run.progress=false", "run.steps=4", "run.eval_every=1", "run.keep_last=1", "run.keep_best=eval/accuracy",
-        "batch_size=4", "micro_batch_size=4", "optim.lr=3e-3", "optim.warmup_steps=0", "data.train_size=16",
-        "data.eval_size=2", "data.options={style: think}", *overrides])
+        "run.progress=false", "run.steps=4", "run.eval_every=1", "run.keep_last=1",
+        "run.keep_best=eval/accuracy", "batch_size=4", "micro_batch_size=4", "optim.lr=3e-3",
+        "optim.warmup_steps=0", "data.train_size=16", "data.eval_size=2", "data.options={style: think}",
+        *overrides])
 
 
 def _same_weights(final: Path, checkpoint: Path) -> bool:
-    exported, saved = load_file(str(final / "model.safetensors")), load_file(str(checkpoint / "model.safetensors"))
+    exported = load_file(str(final / "model.safetensors"))
+    saved = load_file(str(checkpoint / "model.safetensors"))
     return set(exported) <= set(saved) and all(torch.equal(exported[k], saved[k]) for k in exported)
 
 
@@ -224,8 +226,8 @@ def test_reward_model_and_ppo_keep_their_best(tiny_model_dir: str, tmp_path: Pat
     common = [f"model.name={tiny_model_dir}", "model.autocast=none", f"run.output_dir={tmp_path}",
               "run.progress=false", "run.steps=3", "run.eval_every=1", "run.keep_last=1"]
     rm_dir = reward_model.train(load_config(reward_model.Config, None, [
-        *common, "run.name=rm", "run.keep_best=eval/pairwise_accuracy", "data.train_size=8", "data.eval_size=2",
-        "pairs.batch_size=2", "pairs.micro_batch_size=2"]))
+        *common, "run.name=rm", "run.keep_best=eval/pairwise_accuracy", "data.train_size=8",
+        "data.eval_size=2", "pairs.batch_size=2", "pairs.micro_batch_size=2"]))
     assert json.loads((rm_dir / "best.json").read_text())["step"] == 2
     assert _same_weights(rm_dir / "final", rm_dir / "checkpoints" / "step-00000002")
 
