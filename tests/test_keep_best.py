@@ -240,3 +240,74 @@ def test_reward_model_and_ppo_keep_their_best(tiny_model_dir: str, tmp_path: Pat
     exported = load_file(str(ppo_dir / "final" / "model.safetensors"))
     saved = load_file(str(ppo_dir / "checkpoints" / "step-00000001" / "model.safetensors"))
     assert all(torch.equal(exported[k], saved[f"policy.{k}"]) for k in exported)
+
+
+def test_best_of_n_exports_the_best_rounds_model(tiny_model_dir: str, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    values = {0: 0.1, 1: 0.2, 2: 0.7, 3: 0.3}
+
+    def scripted(config: Any, run: Any, model: Any, tokenizer: Any, rows: Any, task: Any, rewards: Any,
+                 round_: int) -> dict[str, float]:
+        run.tracker.log(round_, {"eval/accuracy": values[round_], "eval/reward": 0.5})
+        return {"accuracy": values[round_]}
+
+    def constant(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
+        return [0.5] * len(completions)
+
+    monkeypatch.setattr(best_of_n, "evaluate", scripted)
+    run_dir = best_of_n.train(load_config(best_of_n.Config, None, [
+        f"model.name={tiny_model_dir}", "model.autocast=none", f"run.output_dir={tmp_path}", "run.name=t",
+        "run.progress=false", "run.keep_best=eval/accuracy", "rounds=3", "n=2", "prompts_per_round=2",
+        "min_reward=-1", "drop_truncated=false", "sampling.max_new_tokens=4", "sampling.dtype=float32",
+        "batch_size=2", "micro_batch_size=2", "data.train_size=8", "data.eval_size=2"]),
+        reward_fns=[constant])
+    assert json.loads((run_dir / "best.json").read_text())["step"] == 2
+    exported = load_file(str(run_dir / "final" / "model.safetensors"))
+    round_2 = load_file(str(run_dir / "round-2" / "sft" / "final" / "model.safetensors"))
+    round_3 = load_file(str(run_dir / "round-3" / "sft" / "final" / "model.safetensors"))
+    assert exported.keys() == round_2.keys() and all(torch.equal(exported[k], round_2[k]) for k in exported)
+    assert not all(torch.equal(exported[k], round_3[k]) for k in exported)
+
+
+def test_a_pipeline_passes_a_stages_best_to_the_next(tiny_model_dir: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from posttrain.pipelines import fingerprint, plan
+    from posttrain.recipes import pipeline
+
+    monkeypatch.setattr(runner, "evaluate_and_log", _scripted({0: 0.1, 1: 0.3, 2: 0.6, 3: 0.4, 4: 0.2}))
+    stage = {"model": {"name": tiny_model_dir, "autocast": "none"}, "batch_size": 4, "micro_batch_size": 4,
+             "data": {"train_size": 16, "eval_size": 2, "options": {"style": "think"}},
+             "run": {"steps": 4, "eval_every": 1, "progress": False, "keep_best": "eval/accuracy"}}
+    follow = {**stage, "model": {"name": "${stages.first.model}", "autocast": "none"},
+              "run": {"steps": 1, "progress": False}}
+    stages = [{"name": "first", "recipe": "sft", "config": stage},
+              {"name": "second", "recipe": "sft", "config": follow}]
+    where = {"output_dir": str(tmp_path), "name": "p"}
+    config = load_config(pipeline.Config, values={**where, "stages": stages})
+    misspelt = {**stage, "run": {**stage["run"], "keep_best": "eval/acc"}}
+    with pytest.raises(ConfigError, match=r"stage 'first'.config: run.keep_best: 'eval/acc' is not a "
+                                          r"held-out metric sft logs; did you mean 'eval/accuracy'"):
+        stages_misspelt = [{**stages[0], "config": misspelt}, stages[1]]
+        plan(load_config(pipeline.Config, values={**where, "stages": stages_misspelt}), tmp_path / "p")
+    out = pipeline.train(config)
+    first = out / "first"
+    assert _same_weights(first / "final", first / "checkpoints" / "step-00000002")
+    assert plan(config, out)[1].config.model.name == str(first / "final")
+    kept = json.loads((out / "state.json").read_text())["stages"]["first"]["kept"]
+    assert (kept["step"], kept["value"], kept["last_value"]) == (2, 0.6, 0.2)
+    assert ("[pipeline] stage 'first': final/ holds the weights of step 2, the best eval/accuracy (max): "
+            "0.6; the last step, 4, had 0.2") in capsys.readouterr().out
+    # with keep_best the evaluation schedule decides what final/ holds: it is part of the fingerprint
+    changed = {**stage, "run": {**stage["run"], "eval_every": 2}}
+    without = [{**stage, "run": {**stage["run"], "keep_best": ""}},
+               {**stage, "run": {**stage["run"], "keep_best": "", "eval_every": 2}}]
+
+    def fingerprint_of(config_values: dict[str, Any]) -> str:
+        planned = plan(load_config(pipeline.Config, values={
+            "output_dir": str(tmp_path), "name": "q", "stages": [{"name": "s", "recipe": "sft",
+                                                                  "config": config_values}]}), tmp_path / "q")
+        return fingerprint(planned[0], None)
+
+    assert fingerprint_of(stage) != fingerprint_of(changed)
+    assert fingerprint_of(without[0]) == fingerprint_of(without[1])
