@@ -121,7 +121,7 @@ def replace(config: Any, **changes: Any) -> Any:
 def held_out_metrics(rewards: bool = False) -> list[str]:
     """What ``evaluate_and_log``'s task evaluation logs and, with ``rewards``, ``rl.held_out_rewards``
     (a recipe's ``Config.eval_metrics()`` lists its own; ``run.keep_best`` chooses by one of them)."""
-    task = ["eval/accuracy", "eval/format", "eval/mean_length", "eval/accuracy_any", "eval/problems"]
+    task = ["eval/accuracy", "eval/format", "eval/mean_length", "eval/problems", "eval/accuracy_any"]
     return task + (["eval/reward", "eval/reward_std", "eval/reward/<function>"] if rewards else [])
 
 

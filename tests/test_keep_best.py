@@ -54,7 +54,7 @@ def _problems(cls: type, *overrides: str) -> list[str]:
 def test_a_metric_the_recipe_never_logs_is_a_config_error_naming_the_nearest() -> None:
     assert _problems(sft.Config, "run.keep_best=accuracy", "run.eval_every=5") == [
         "run.keep_best: 'accuracy' is not a held-out metric sft logs; did you mean 'eval/accuracy'? "
-        "(sft logs eval/accuracy, eval/format, eval/mean_length, eval/accuracy_any, eval/problems)"]
+        "(sft logs eval/accuracy, eval/format, eval/mean_length, eval/problems, eval/accuracy_any)"]
     (problem,) = _problems(reward_model.Config, "run.keep_best=eval/pairwise_acuracy")
     assert "did you mean 'eval/pairwise_accuracy'?" in problem
     (problem,) = _problems(grpo.Config, "run.keep_best=eval/preference_accuracy", "run.eval_every=5")
@@ -85,6 +85,26 @@ def test_the_config_error_comes_before_the_model_loads(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"did you mean 'eval/accuracy'"):
         sft.train(config)
     assert not any(tmp_path.iterdir())  # no run directory either
+
+
+def test_the_declared_names_are_what_the_evaluations_log(tiny_model: torch.nn.Module, tokenizer: Any) -> None:
+    """Each recipe's eval_metrics() comes from the functions that compute its held-out metrics."""
+    from posttrain.data.preferences import pairwise_metrics
+    from posttrain.data.tasks import get_task
+    from posttrain.eval.evaluate import evaluate_rows
+    from posttrain.keep_best import _matches
+    from posttrain.rewards.base import RewardScores
+    from posttrain.rewards.setup import reward_metrics
+
+    task = get_task("arithmetic")
+    metrics, _ = evaluate_rows(tiny_model, tokenizer, task.rows(1, 0, "test"), task, max_new_tokens=2,
+                               engine_options={"dtype": "float32"})
+    assert [f"eval/{name}" for name in metrics] == sft.Config().eval_metrics() == grpo.Config().eval_metrics()
+    scores = RewardScores(total=torch.ones(2), per_fn={"task_correct": torch.ones(2)})
+    rewards = [f"eval/{name}" for name in reward_metrics(scores, prefix="reward")]
+    assert all(any(_matches(name, declared) for declared in ppo.Config().eval_metrics()) for name in rewards)
+    pairs = [f"eval/{name}" for name in pairwise_metrics(torch.ones(2), torch.zeros(2))]
+    assert pairs == reward_model.Config().eval_metrics()
 
 
 # ----------------------------------------------------------------------------- rotation
