@@ -341,7 +341,8 @@ def _sizes_match(path: Path) -> bool:
 
 
 class Checkpointer:
-    """Saves to and restores from ``<run_dir>/checkpoints``; keeps the newest ``keep_last``."""
+    """Saves to and restores from ``<run_dir>/checkpoints``; keeps the newest ``keep_last`` and the
+    best-weights checkpoints they name (``run.keep_best``)."""
 
     def __init__(self, run_dir: Path, keep_last: int = 2) -> None:
         if keep_last < 1:
