@@ -9,12 +9,15 @@ Layout of one checkpoint, ``<run_dir>/checkpoints/step-00000012/``:
   ``torch.load(weights_only=True)`` so a crafted pickle cannot run code.
 - ``rng.pt``: python ``random``, numpy, torch CPU and CUDA states plus the recipe's named
   generators, all as tensors / lists (weights-only loadable).
-- ``state.json``: the recipe's JSON-able state (step, data cursor, epoch, adaptive KL, ...).
+- ``state.json``: the recipe's JSON-able state (step, data cursor, epoch, adaptive KL, ...); with
+  ``run.keep_best``, ``keep_best.step`` names the checkpoint holding the best weights so far.
 - ``manifest.json``: written last; the size and sha256 of every file above.
 
 Everything is written into ``checkpoints/.tmp-step-…``, fsynced and renamed into place, so a crash
 at any moment leaves the previous checkpoints plus either nothing or the complete new one. Old
-checkpoints are removed only after the new one is in place. ``latest()`` checks sizes and
+checkpoints are removed only after the new one is in place; rotation keeps the newest ``keep_last``
+and every checkpoint that a kept one names as its ``keep_best`` (so resuming from any kept checkpoint
+finds the best weights it recorded). ``latest()`` checks sizes and
 checksums (safetensors loads a same-length zeroed file without complaint) and falls back, with a
 warning, to the newest checkpoint that verifies.
 """
@@ -316,6 +319,15 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
     return manifest
 
 
+def _best_step_named(path: Path) -> int | None:
+    """The step whose checkpoint holds the best weights as of this checkpoint (``run.keep_best``)."""
+    try:
+        best = json.loads((path / STATE_FILE).read_text()).get("keep_best") or {}
+        return int(best["step"]) if best.get("step") is not None else None
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        return None
+
+
 def _sizes_match(path: Path) -> bool:
     """A cheap completeness check (no checksums) used to count checkpoints during rotation."""
     try:
@@ -329,7 +341,8 @@ def _sizes_match(path: Path) -> bool:
 
 
 class Checkpointer:
-    """Saves to and restores from ``<run_dir>/checkpoints``; keeps the newest ``keep_last``."""
+    """Saves to and restores from ``<run_dir>/checkpoints``; keeps the newest ``keep_last`` and the
+    best-weights checkpoints they name (``run.keep_best``)."""
 
     def __init__(self, run_dir: Path, keep_last: int = 2) -> None:
         if keep_last < 1:
@@ -361,7 +374,7 @@ class Checkpointer:
         if state.get("step", step) != step:
             raise ValueError(f"state['step'] is {state['step']} but the checkpoint step is {step}")
         state_bytes = json.dumps({**state, "step": step}, default=_json_default, indent=1).encode()
-        final = self.directory / f"step-{step:08d}"
+        final = self.step_path(step)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._remove_temporaries()
         tmp = self.directory / f"{_TMP_PREFIX}{final.name}"
@@ -418,12 +431,14 @@ class Checkpointer:
         _fsync_path(tmp)
 
     def _rotate(self, saved_step: int) -> None:
-        """Keep the newest ``keep_last`` complete checkpoints up to ``saved_step``.
+        """Keep the newest ``keep_last`` complete checkpoints up to ``saved_step``, and the best-weights
+        checkpoints they name (``keep_best.step`` in their state; never a newer step than their own,
+        so walking newest first sees every reference before the checkpoint it names).
 
         Checkpoints after ``saved_step`` belong to a timeline the run has abandoned by resuming
         from an earlier point; left in place, ``latest()`` would pick them, so they go too.
         """
-        kept = 0
+        kept, named = 0, set()
         for step, path in self.step_dirs():
             if step > saved_step:
                 warnings.warn(f"removing checkpoint {path}: it is newer than the step just saved "
@@ -431,11 +446,27 @@ class Checkpointer:
                               stacklevel=3)
             elif kept < self.keep_last and _sizes_match(path):
                 kept += 1
+                named.add(_best_step_named(path))
+                continue
+            elif step in named and _sizes_match(path):
                 continue
             # Renamed first so a crash mid-delete never leaves a half-deleted step-* directory.
             doomed = self.directory / f"{_TMP_PREFIX}delete-{path.name}"
             os.rename(path, doomed)
             shutil.rmtree(doomed, ignore_errors=True)
+
+    def step_path(self, step: int) -> Path:
+        """Where checkpoint ``step`` lives (whether or not it exists)."""
+        return self.directory / f"step-{step:08d}"
+
+    def load_weights(self, step: int, model: nn.Module) -> None:
+        """Only the weights of checkpoint ``step`` (verified first) into ``model``: optimizer, scheduler
+        and RNG states stay as they are (``run.keep_best`` exporting the best weights at the end)."""
+        path = self.step_path(step)
+        verify_checkpoint(path)
+        apply_model = _load_model_file(path / MODEL_FILE, model)
+        with _as_checkpoint_error(path / MODEL_FILE):
+            apply_model()
 
     def _remove_temporaries(self) -> None:
         for entry in self.directory.glob(f"{_TMP_PREFIX}*"):

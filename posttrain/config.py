@@ -143,6 +143,11 @@ class RunConfig:
     """Log metrics every N steps."""
     eval_every: int = 0
     """Held-out evaluation every N steps (0: only before and after)."""
+    keep_best: str = ""
+    """A held-out metric (e.g. eval/accuracy): final/ holds the weights of the evaluation that scored best
+    on it, not the last step's; empty: the last step's."""
+    keep_best_mode: str = "auto"
+    """Which way keep_best is better: max, min, or auto (from its name: accuracy, reward: max; loss: min)."""
     resume: bool = False
     """Continue the run in run.output_dir/run.name from its last valid checkpoint."""
     overwrite: bool = False
@@ -405,6 +410,10 @@ def validate(config: Any, path: str = "") -> list[str]:
     check = getattr(config, "check", None)
     if callable(check):
         problems.extend(f"{path}{p}" if path else p for p in check())
+    if not path:  # run.keep_best is checked against what the whole recipe's evaluation logs
+        from posttrain.keep_best import keep_best_problems
+
+        problems.extend(keep_best_problems(config))
     return problems
 
 

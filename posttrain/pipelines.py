@@ -306,7 +306,9 @@ def fingerprint(stage: Stage, previous: dict[str, Any] | None) -> str:
     (its fingerprint and when it finished, so a rerun of that stage invalidates this one)."""
     config = to_dict(stage.config)
     if isinstance(config.get("run"), dict):
-        config["run"] = {k: v for k, v in config["run"].items() if k not in _BOOKKEEPING}
+        # with run.keep_best the evaluation schedule decides which weights final/ holds
+        ignored = _BOOKKEEPING - {"eval_every"} if config["run"].get("keep_best") else _BOOKKEEPING
+        config["run"] = {k: v for k, v in config["run"].items() if k not in ignored}
     chain = {k: previous.get(k) for k in ("fingerprint", "finished")} if previous else None
     return digest({"recipe": stage.recipe, "config": config, "files": input_files(stage), "previous": chain})
 

@@ -17,9 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from posttrain.checkpoint import Checkpointer, find_resume_checkpoint
+from posttrain.checkpoint import Checkpointer, find_resume_checkpoint, verify_checkpoint
 from posttrain.config import ModelConfig, RunConfig, to_dict
-from posttrain.errors import RewardError
+from posttrain.errors import CheckpointError, RewardError
+from posttrain.keep_best import BestSoFar, sentence, write_record
+from posttrain.keep_best import check_config as check_keep_best
 from posttrain.models import (
     add_lora,
     count_parameters,
@@ -74,10 +76,18 @@ class Run:
             self.checkpointer.save(step, model, optimizer, scheduler, {**state, "step": step})
 
     def finish(self, model: nn.Module, tokenizer: Any, summary: dict[str, Any] | None = None,
-               plot_keys: list[str] | None = None) -> Path:
-        """Write final/ (an HF folder), the plots and summary.md; return the run directory."""
+               plot_keys: list[str] | None = None, kept: dict[str, Any] | None = None) -> Path:
+        """Write final/ (an HF folder), the plots and summary.md; return the run directory. ``kept``
+        (``run.keep_best``: which step ``model`` holds) goes to best.json, summary.md and the last line."""
         save_hf(model, tokenizer, self.dir / "final")
-        self.tracker.close(summary=summary, plot_keys=plot_keys)
+        notes = None
+        if kept is not None:
+            write_record(self.dir, kept)
+            summary = {**(summary or {}), **{f"keep_best/{key}": value for key, value in kept.items()}}
+            notes = [sentence(kept)]
+        self.tracker.close(summary=summary, plot_keys=plot_keys, notes=notes)
+        if notes:
+            print(f"[{self.tracker.desc}] {notes[0]}")
         return self.dir
 
 
@@ -106,6 +116,13 @@ def start_run(config: Any, recipe: str, model: nn.Module, optimizer: Any, schedu
 def replace(config: Any, **changes: Any) -> Any:
     """A copy of a config dataclass with some fields changed (sections copied, not shared)."""
     return dataclasses.replace(config, **changes)
+
+
+def held_out_metrics(rewards: bool = False) -> list[str]:
+    """What ``evaluate_and_log``'s task evaluation logs and, with ``rewards``, ``rl.held_out_rewards``
+    (a recipe's ``Config.eval_metrics()`` lists its own; ``run.keep_best`` chooses by one of them)."""
+    task = ["eval/accuracy", "eval/format", "eval/mean_length", "eval/problems", "eval/accuracy_any"]
+    return task + (["eval/reward", "eval/reward_std", "eval/reward/<function>"] if rewards else [])
 
 
 def evaluate_and_log(run: Run, model: nn.Module, tokenizer: Any, rows: list[dict[str, Any]], task: Any,
@@ -174,7 +191,7 @@ def eval_summary(recipe: str, before: dict[str, float], after: dict[str, float])
     """Held-out metrics before and after training, printed and returned for summary.md."""
     summary = {f"eval_before/{k}": v for k, v in before.items()}
     summary.update({f"eval_after/{k}": v for k, v in after.items()})
-    if before and after:
+    if "accuracy" in before and "accuracy" in after:
         print(f"[{recipe}] held-out accuracy {before.get('accuracy', 0):.1%} -> "
               f"{after.get('accuracy', 0):.1%}, format {before.get('format', 0):.1%} -> "
               f"{after.get('format', 0):.1%}")
@@ -197,14 +214,28 @@ class Setup:
     eval_rows: list[dict[str, Any]]
     evaluate: Any
     eval_before: dict[str, float]
+    best: BestSoFar | None = None
+    """``run.keep_best``: the best held-out evaluation so far (None: final/ is the last step's)."""
+    checkpointed: nn.Module | None = None
+    """The module the checkpoints hold (PPO's actor-critic, while ``model`` ends as its policy)."""
+
+    def __post_init__(self) -> None:
+        self.checkpointed = self.checkpointed or self.model
 
     def end_of_step(self, step: int, state: dict[str, Any]) -> None:
-        """Held-out evaluation every ``run.eval_every`` steps; checkpoint every ``run.save_every``."""
+        """Held-out evaluation every ``run.eval_every`` steps; checkpoint every ``run.save_every``, and at
+        once when the evaluation is the best so far (``run.keep_best``: rotation keeps that one)."""
         config = self.run.config
+        if self.best is not None and step == 1:  # the evaluation before training is complete by now
+            self.best.check_produced(self.eval_before)
+        improved = False
         if config.run.eval_every and step % config.run.eval_every == 0 and step < config.run.steps:
-            self.evaluate(step)
+            metrics = self.evaluate(step)
+            improved = self.best is not None and self.best.consider(step, metrics)
+        kept = self.best.state() if self.best is not None else {}
         self.run.save(step, self.model, self.optimizer, self.scheduler,
-                      {**state, "eval_before": self.eval_before}, force=step == config.run.steps)
+                      {**state, "eval_before": self.eval_before, **kept},
+                      force=step == config.run.steps or improved)
 
     def also_evaluate(self, extra: Callable[[int], dict[str, float]]) -> None:
         """Run ``extra(step)`` (which logs its own metrics) with every held-out evaluation from now on,
@@ -214,13 +245,23 @@ class Setup:
         if self.run.start_step == 0:
             self.eval_before.update(extra(0))
 
-    def finish(self, recipe: str, plot_keys: list[str]) -> Path:
-        """Final evaluation, summary, export and plots (eval/ curves only when there were held-out rows)."""
-        after = self.evaluate(self.run.config.run.steps)
-        summary = eval_summary(recipe, self.eval_before, after)
-        if not self.eval_rows:
-            plot_keys = [key for key in plot_keys if not key.startswith("eval/")]
-        return self.run.finish(self.model, self.tokenizer, summary=summary, plot_keys=plot_keys)
+    def finish(self, recipe: str, plot_keys: list[str],
+               summarize: Callable[[str, dict[str, float], dict[str, float]], dict[str, Any]] = eval_summary,
+               ) -> Path:
+        """Final evaluation, ``summarize(recipe, before, after)`` for summary.md, export and plots (eval/
+        curves of the metrics the evaluation produced). With ``run.keep_best`` the final evaluation is
+        the last candidate and final/ is exported from the best one's checkpoint."""
+        steps = self.run.config.run.steps
+        after = self.evaluate(steps)
+        summary = summarize(recipe, self.eval_before, after)
+        plot_keys = [key for key in plot_keys if not key.startswith("eval/") or key[5:] in self.eval_before]
+        kept = None
+        if self.best is not None:
+            self.best.consider(steps, after)
+            kept = self.best.record(steps, after)
+            if self.best.step not in (None, steps):
+                self.run.checkpointer.load_weights(self.best.step, self.checkpointed)
+        return self.run.finish(self.model, self.tokenizer, summary=summary, plot_keys=plot_keys, kept=kept)
 
 
 def setup(config: Any, recipe: str, train_kind: str, train_rows: list[dict[str, Any]] | None = None,
@@ -234,6 +275,7 @@ def setup(config: Any, recipe: str, train_kind: str, train_rows: list[dict[str, 
     from posttrain.data.sources import load_split, resolve_task
     from posttrain.training import Stepper, build_optimizer, build_scheduler
 
+    check_keep_best(config)
     seed_everything(config.run.seed)
     task = resolve_task(config.data)
     if train_rows is None:
@@ -249,4 +291,19 @@ def setup(config: Any, recipe: str, train_kind: str, train_rows: list[dict[str, 
     before = evaluate(0) if run.start_step == 0 else run.state.get("eval_before", {})
     return Setup(model=model, tokenizer=tokenizer, device=device, optimizer=optimizer, scheduler=scheduler,
                  stepper=stepper, run=run, task=task, train_rows=train_rows, eval_rows=eval_rows,
-                 evaluate=evaluate, eval_before=before)
+                 evaluate=evaluate, eval_before=before, best=best_so_far(run))
+
+
+def best_so_far(run: Run) -> BestSoFar | None:
+    """``run.keep_best``'s record: fresh, or the best recorded in the checkpoint the run resumed from."""
+    best = BestSoFar.start(run.config.run, run.state)
+    if best is not None and best.step is not None:
+        try:
+            verify_checkpoint(run.checkpointer.step_path(best.step))
+        except CheckpointError as error:  # removed by hand: rotation keeps it
+            print(f"[keep_best] the best so far, step {best.step}, cannot be restored ({error}); "
+                  f"choosing again from step {run.start_step + 1} on")
+            best = BestSoFar(best.metric, best.mode)
+        else:
+            print(f"[keep_best] best so far: step {best.step}, {best.metric} {best.value:.4g}")
+    return best

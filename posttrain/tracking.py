@@ -317,8 +317,10 @@ class Tracker:
             print(" | ".join(parts), flush=True)
         self._last_step = step
 
-    def close(self, summary: dict[str, Any] | None = None, plot_keys: list[str] | None = None) -> None:
-        """Close the files, then write plots/*.png and summary.md (both atomically). Idempotent."""
+    def close(self, summary: dict[str, Any] | None = None, plot_keys: list[str] | None = None,
+              notes: list[str] | None = None) -> None:
+        """Close the files, then write plots/*.png and summary.md (both atomically; ``notes``: sentences
+        under its title, e.g. which step's weights final/ holds). Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -330,7 +332,7 @@ class Tracker:
             self._tensorboard.close()
         rows = read_metrics(self.run_dir)
         write_plots(self.run_dir, rows, plot_keys)
-        text = summary_markdown(self.run_dir.name, rows, summary, self.total_steps)
+        text = summary_markdown(self.run_dir.name, rows, summary, self.total_steps, notes)
         _write_atomic(self.run_dir / "summary.md", lambda f: f.write(text))
 
     def __enter__(self) -> Tracker:
@@ -396,17 +398,26 @@ def write_plots(run_dir: Path, rows: list[dict[str, Any]], plot_keys: list[str] 
     return written
 
 
+def metric_direction(key: str) -> str | None:
+    """"max" or "min" when a metric's name says which way is better (accuracy, reward, pass@k; loss,
+    perplexity, error), else None; times have none."""
+    name = key.lower()
+    if name.startswith("time/"):
+        return None
+    if any(word in name for word in _LOWER_IS_BETTER):
+        return "min"
+    if any(word in name for word in _HIGHER_IS_BETTER):
+        return "max"
+    return None
+
+
 def _best(key: str, steps: list[float], values: list[float]) -> tuple[float, float] | None:
     """``(best value, its step)`` for metrics with a known direction, else ``None``."""
     finite = [(value, step) for step, value in zip(steps, values) if math.isfinite(value)]
-    if not finite or key.startswith("time/"):
+    direction = metric_direction(key)
+    if not finite or direction is None:
         return None
-    name = key.lower()
-    if any(word in name for word in _LOWER_IS_BETTER):
-        return min(finite, key=lambda pair: pair[0])
-    if any(word in name for word in _HIGHER_IS_BETTER):
-        return max(finite, key=lambda pair: pair[0])
-    return None
+    return (min if direction == "min" else max)(finite, key=lambda pair: pair[0])
 
 
 def _fmt(value: Any) -> str:
@@ -416,10 +427,11 @@ def _fmt(value: Any) -> str:
 
 
 def summary_markdown(name: str, rows: list[dict[str, Any]], summary: dict[str, Any] | None,
-                     total_steps: int) -> str:
-    """summary.md: final and best value of every metric, then the recipe's ``summary`` dict."""
+                     total_steps: int, notes: list[str] | None = None) -> str:
+    """summary.md: ``notes``, final and best value of every metric, then the recipe's ``summary`` dict."""
     last_step = rows[-1]["step"] if rows else 0
     lines = [f"# Run {name}", "", f"Last logged step: {last_step} of {total_steps}.", ""]
+    lines += [line for note in notes or [] for line in (note, "")]
     series = _series(rows)
     if series:
         lines += ["| metric | final | best | best at step |", "|---|---|---|---|"]

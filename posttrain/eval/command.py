@@ -32,8 +32,9 @@ for code, the sandbox status and the isolation layers in force), ``summary.json`
 ``summary.md`` (the table that is also printed).
 
 ``--compare DIR [DIR ...]``: evaluation outputs (summary.json) and training run directories (their
-first and last held-out evaluation in metrics.jsonl, i.e. before and after training; a run's greedy
-``eval/accuracy`` is shown as pass@1) side by side: a printed table, ``compare.md``,
+first and last held-out evaluation in metrics.jsonl, i.e. before and after training, and with
+``run.keep_best`` the one final/ holds, marked ``(final/)``; a run's greedy ``eval/accuracy`` is shown
+as pass@1) side by side: a printed table, ``compare.md``,
 ``compare.json`` and one bar chart per metric. Put ``key=value`` overrides (``name=...``) before
 ``--compare``: every argument after it is read as a directory.
 """

@@ -2,7 +2,8 @@
 
 A DIR is an evaluation output (its summary.json) or a training run directory (its first and last
 held-out evaluation in metrics.jsonl: before and after training; the greedy ``eval/accuracy`` is
-shown as pass@1). Writes a table (printed, compare.md), compare.json and one bar chart per metric.
+shown as pass@1; a run with ``run.keep_best`` also shows the evaluation whose weights final/ holds,
+labelled ``(final/)``). Writes a table (printed, compare.md), compare.json and one bar chart per metric.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.errors import ConfigError
+from posttrain.keep_best import read_record, sentence
 from posttrain.tracking import make_run_dir, read_metrics
 
 _HIDDEN_RUN_METRICS = ("accuracy_any", "problems")  # pass@n with n = 1, and a count
@@ -37,16 +39,28 @@ def compare_entries(source: str) -> list[tuple[str, dict[str, float]]]:
     if not (path / "metrics.jsonl").is_file():
         raise ConfigError(f"--compare: {path} is neither an evaluation output (summary.json) nor a training "
                           f"run directory (metrics.jsonl)")
-    evals = [row for row in read_metrics(path) if "eval/accuracy" in row]
+    evals = evaluations(read_metrics(path))
     if not evals:
         raise ConfigError(f"--compare: {path / 'metrics.jsonl'} holds no held-out evaluation (no eval/ "
                           f"metrics): the run evaluated nothing (set data.eval_size > 0)")
-    entries = []
-    for row in ([evals[0], evals[-1]] if len(evals) > 1 else evals):
+    steps = list(evals)
+    kept = read_record(path)
+    final_step = kept["final_step"] if kept else None
+    shown = sorted({steps[0], steps[-1], *([final_step] if final_step in evals else [])})
+    return [(f"{path.name}@step{step}" + (" (final/)" if step == final_step else ""), evals[step])
+            for step in shown]
+
+
+def evaluations(rows: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
+    """step -> the held-out metrics logged at that step (an evaluation's parts may be logged on several
+    rows, e.g. the task's check() and held-out rewards), in step order; ``eval/accuracy`` as pass@1."""
+    merged: dict[int, dict[str, float]] = {}
+    for row in rows:
         shown = [key for key in row if key.startswith("eval/") and key[5:] not in _HIDDEN_RUN_METRICS]
-        metrics = {("pass@1" if key == "eval/accuracy" else key[5:]): float(row[key]) for key in shown}
-        entries.append((f"{path.name}@step{row['step']}", metrics))
-    return entries
+        if shown:
+            merged.setdefault(int(row["step"]), {}).update(
+                {("pass@1" if key == "eval/accuracy" else key[5:]): float(row[key]) for key in shown})
+    return dict(sorted(merged.items()))
 
 
 def compare(sources: list[str], output_dir: str = "evals", name: str = "", overwrite: bool = False) -> Path:
@@ -64,12 +78,15 @@ def compare(sources: list[str], output_dir: str = "evals", name: str = "", overw
     (out_dir / "compare.md").write_text(text + "\n")
     values = {label: {k: (None if math.isnan(v) else v) for k, v in m.items()}
               for label, (_, m) in zip(labels, entries)}
-    report = {"sources": sources, "entries": values}
+    kept = {source: record for source in sources if (record := read_record(Path(source))) is not None}
+    report = {"sources": sources, "entries": values, "final": kept}
     (out_dir / "compare.json").write_text(json.dumps(report, indent=1) + "\n")
     for metric in metric_names:
         _bar_chart(out_dir / f"{chart_name(metric)}.png", metric,
                    [(label, m.get(metric, math.nan)) for label, (_, m) in zip(labels, entries)])
     print(text)
+    for source, record in kept.items():
+        print(f"{source}: {sentence(record)}")
     return out_dir
 
 

@@ -43,12 +43,14 @@ from posttrain.config import DataConfig, ModelConfig, OptimConfig, RunConfig, Sa
 from posttrain.data.chat import prompt_messages
 from posttrain.data.formats import write_jsonl
 from posttrain.data.sources import DataOrder, load_split, resolve_task
+from posttrain.keep_best import BestSoFar
+from posttrain.keep_best import check_config as check_keep_best
 from posttrain.models import load_model, load_tokenizer, resolve_device
 from posttrain.recipes import sft
 from posttrain.rewards.base import TrainerState
 from posttrain.rewards.setup import build_reward_fns
 from posttrain.rl import held_out_rewards, rollout_metrics, sample_and_score
-from posttrain.runner import Run, eval_summary, evaluate_and_log, seed_everything, start_run
+from posttrain.runner import Run, eval_summary, evaluate_and_log, held_out_metrics, seed_everything, start_run
 from posttrain.tracking import read_metrics
 
 KEEP = ("best", "all")
@@ -93,8 +95,16 @@ class Config:
     max_length: int = 512
     """SFT: longest tokenized conversation."""
 
+    EVALUATED_EACH_ROUND = True  # run.keep_best chooses among the rounds (run.eval_every is not used)
+
+    def eval_metrics(self) -> list[str]:
+        """What the held-out evaluation logs (run.keep_best chooses by one of them)."""
+        return held_out_metrics(rewards=any(name not in TASK_REWARDS for name in self.rewards))
+
     def check(self) -> list[str]:
         problems = []
+        if self.run.keep_best and not self.sft:
+            problems.append("run.keep_best needs sft: true (without fine-tuning all rounds have one model)")
         if self.keep not in KEEP:
             problems.append(f"'keep' must be one of {', '.join(KEEP)}; got {self.keep!r}")
         if self.keep == "all" and self.min_reward is None:
@@ -192,7 +202,7 @@ def sft_config(config: Config, model_name: str, data_path: Path, n_rows: int) ->
                       data=dataclasses.replace(config.data, train=str(data_path), eval="", task=""),
                       optim=config.optim,
                       run=dataclasses.replace(config.run, output_dir=str(data_path.parent), name="sft",
-                                              steps=steps, eval_every=0, overwrite=False),
+                                              steps=steps, eval_every=0, overwrite=False, keep_best=""),
                       sampling=config.sampling, batch_size=config.batch_size,
                       micro_batch_size=config.micro_batch_size, max_length=config.max_length)
 
@@ -207,7 +217,8 @@ def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]]
           train_rows: list[dict[str, Any]] | None = None,
           eval_rows: list[dict[str, Any]] | None = None) -> Path:
     """Run best-of-N rounds; Python reward functions and rows override the config's. Returns the run
-    directory (its final/ is the last round's model)."""
+    directory (its final/ is the last round's model; with run.keep_best, the best round's)."""
+    check_keep_best(config)
     task = resolve_task(config.data)
     rewards = build_reward_fns(config.rewards, config.reward_weights, task, reward_fns)
     seed_everything(config.run.seed)
@@ -225,6 +236,9 @@ def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]]
     # held-out rewards are scored unless the task's own evaluation (eval/accuracy, eval/format) measures them
     scored = rewards if any(name not in TASK_REWARDS for name, _, _ in rewards) else []
     before = after = evaluate(config, run, model, tokenizer, eval_rows, task, scored, 0)
+    best, best_model = BestSoFar.start(config.run, {}), None
+    if best is not None:
+        best.check_produced(before)
     order = DataOrder(train_rows, config.run.seed)
     sft_rows: list[dict[str, Any]] = []
     for round_ in range(1, config.rounds + 1):
@@ -254,10 +268,16 @@ def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]]
             print(f"[best-of-n] round {round_}: no response kept, so no SFT; the model stays as it was")
         run.tracker.log(round_, metrics)
         after = evaluate(config, run, model, tokenizer, eval_rows, task, scored, round_)
+        if best is not None and best.consider(round_, after):
+            best_model = model_name
+    kept = best.record(config.rounds, after) if best is not None else None
+    if best_model not in (None, model_name):
+        model, tokenizer = _load(config, best_model)  # a round's model, kept in round-<r>/sft/final
     keys = ["rollout/best_reward", "rollout/reward", "rollout/kept_fraction"]
     keys += ["sft/loss_last"] if model_name != config.model.name else []  # some round fine-tuned
     keys += [key for key, on in (("eval/accuracy", task), ("eval/reward", scored)) if on and eval_rows]
-    return run.finish(model, tokenizer, summary=eval_summary("best-of-n", before, after), plot_keys=keys)
+    return run.finish(model, tokenizer, summary=eval_summary("best-of-n", before, after), plot_keys=keys,
+                      kept=kept)
 
 
 RESUMABLE = False  # a killed run starts again (see Config.check)

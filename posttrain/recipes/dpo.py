@@ -48,7 +48,7 @@ from posttrain.preference_training import (
     reference_problems,
     sequence_logps,
 )
-from posttrain.runner import Setup, load_policy, setup
+from posttrain.runner import Setup, held_out_metrics, load_policy, setup
 
 REFERENCES = ("frozen", "adapter", "precomputed")
 LOSSES = ("sigmoid", "ipo", "hinge")
@@ -73,6 +73,10 @@ class Config:
     """ε in [0, 0.5): the chance a label is flipped (conservative DPO; sigmoid loss only)."""
     reference: str = "frozen"
     """frozen (a copy), adapter (LoRA switched off; needs model.lora_rank > 0) or precomputed."""
+
+    def eval_metrics(self) -> list[str]:
+        """What the held-out evaluation logs (run.keep_best chooses by one of them)."""
+        return [*held_out_metrics(), "eval/preference_accuracy", "eval/reward_margin"]
 
     def check(self) -> list[str]:
         problems = reference_problems(self.beta, self.reference, REFERENCES, self.model.lora_rank)

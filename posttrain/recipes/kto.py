@@ -45,7 +45,7 @@ from posttrain.preference_training import (
     reference_problems,
     sequence_logps,
 )
-from posttrain.runner import setup
+from posttrain.runner import held_out_metrics, setup
 from posttrain.training import accumulate
 
 REFERENCES = ("frozen", "adapter")
@@ -72,6 +72,10 @@ class Config:
     """λ_U: weight of the undesirable (thumbs-down) rows' loss."""
     reference: str = "frozen"
     """frozen (a copy of the starting weights) or adapter (LoRA switched off; needs model.lora_rank > 0)."""
+
+    def eval_metrics(self) -> list[str]:
+        """What the held-out evaluation logs (run.keep_best chooses by one of them)."""
+        return [*held_out_metrics(), "eval/preference_accuracy", "eval/reward_margin"]
 
     def check(self) -> list[str]:
         problems = reference_problems(self.beta, self.reference, REFERENCES, self.model.lora_rank)

@@ -38,7 +38,7 @@ from posttrain.data.preferences import (
 from posttrain.data.sources import DataOrder
 from posttrain.losses import orpo_loss
 from posttrain.preference_training import preference_evaluation, response_logprobs
-from posttrain.runner import setup
+from posttrain.runner import held_out_metrics, setup
 
 
 @dataclass
@@ -54,6 +54,10 @@ class Config:
     """Preference pairs: pairs per step and per forward pass, length limit, rankings, prompt sharing."""
     lam: float = 0.1
     """λ: weight of the odds-ratio term against the NLL of the chosen response (TRL calls it beta)."""
+
+    def eval_metrics(self) -> list[str]:
+        """What the held-out evaluation logs (run.keep_best chooses by one of them)."""
+        return [*held_out_metrics(), "eval/preference_accuracy", "eval/logp_margin"]
 
     def check(self) -> list[str]:
         return [f"'lam' must be >= 0; got {self.lam}"] if self.lam < 0 else []

@@ -12,7 +12,8 @@ that recipe's YAML file. A value may name an earlier stage's output:
         recipe: grpo
         config: {model: {name: "${stages.cold_start.model}"}}
 
-References: ``${stages.NAME.model}`` (the stage's ``final/`` HF folder), ``${stages.NAME.dataset}``
+References: ``${stages.NAME.model}`` (the stage's ``final/`` HF folder: its best weights when the
+stage sets ``run.keep_best``, its last step's otherwise), ``${stages.NAME.dataset}``
 (best-of-n's SFT data), ``${stages.NAME.run_dir}``, and ``${stages.NAME.config.KEY.SUB}`` (any value
 of an earlier stage's resolved config, e.g. ``${stages.cold_start.config.model.name}``: the model it
 started from). The whole file is checked before anything runs: an unknown recipe or stage, a
@@ -49,6 +50,7 @@ from typing import Any
 
 from posttrain.config import load_config, to_dict
 from posttrain.errors import ConfigError
+from posttrain.keep_best import read_record, sentence
 from posttrain.pipelines import (
     SCORERS,
     Config,
@@ -162,7 +164,10 @@ def train(config: Config) -> Path:
             finished = time.time()
             record = state.put(stage.name, status="done", finished=finished,
                                seconds=round(finished - started, 1),
-                               outputs={k: str(v) for k, v in stage.outputs.items()})
+                               outputs={k: str(v) for k, v in stage.outputs.items()},
+                               kept=read_record(stage.outputs["run_dir"]))
+        if record is not None and record.get("kept"):  # run.keep_best: what the next stage gets
+            print(f"[pipeline] stage '{stage.name}': {sentence(record['kept'])}", flush=True)
         previous = record
         if stage.model is not None and stage.recipe not in SCORERS:
             assert record is not None

@@ -53,7 +53,7 @@ from posttrain.rl import (
     training_batch,
     update_passes,
 )
-from posttrain.runner import Setup, evaluate_and_log, log_rollout_samples, setup
+from posttrain.runner import Setup, evaluate_and_log, held_out_metrics, log_rollout_samples, setup
 from posttrain.training import Stepper, autocast, micro_batches
 
 REWARD_MODEL = "reward_model:"
@@ -109,6 +109,10 @@ class Config:
     value head learns slowly at a policy's learning rate (TRL and OpenRLHF default it higher)."""
     missing_eos_penalty: float = 0.0
     """Subtracted from the score of a response cut at max_new_tokens (it never ended)."""
+
+    def eval_metrics(self) -> list[str]:
+        """What the held-out evaluation logs (run.keep_best chooses by one of them)."""
+        return held_out_metrics(rewards=True)
 
     def check(self) -> list[str]:
         problems = config_problems(self, {"critic": CRITICS, "critic_init": ("policy", "reward_model"),

@@ -42,7 +42,7 @@ from posttrain.data.preferences import (
 from posttrain.data.sources import DataOrder
 from posttrain.losses import bradley_terry_loss
 from posttrain.rewards.reward_model import is_score_model, score_model_from_causal_lm, sequence_scores
-from posttrain.runner import Setup, load_policy, setup
+from posttrain.runner import Setup, eval_summary, load_policy, setup
 from posttrain.training import autocast
 
 
@@ -57,6 +57,10 @@ class Config:
     """Preference pairs: pairs per step and per forward pass, length limit, rankings, prompt sharing."""
     margin: float = 0.0
     """Margin m in -log σ(r_w - r_l - m) for every pair; a row's own numeric 'margin' column wins."""
+
+    def eval_metrics(self) -> list[str]:
+        """What the held-out evaluation logs (run.keep_best chooses by one of them)."""
+        return ["eval/pairwise_accuracy", "eval/mean_margin"]
 
     def check(self) -> list[str]:
         if self.model.lora_rank > 0:
@@ -133,12 +137,13 @@ def train(config: Config, *, train_rows: list[dict[str, Any]] | None = None,
         metrics = rm_step(config, s, step_pairs)
         s.run.tracker.log(step, {**metrics, **step_throughput(step_pairs, started)})
         s.end_of_step(step, {"rows_used": order.used})
-    after = s.evaluate(config.run.steps)
-    summary = {f"eval_before/{k}": v for k, v in s.eval_before.items()}
-    summary.update({f"eval_after/{k}": v for k, v in after.items()})
-    if s.eval_before and after:
-        print(f"[rm] held-out pairwise accuracy {s.eval_before['pairwise_accuracy']:.1%} -> "
-              f"{after['pairwise_accuracy']:.1%}, mean margin {s.eval_before['mean_margin']:.3f} -> "
+    return s.finish("rm", ["train/loss", "train/accuracy", "eval/pairwise_accuracy"], summarize=summarize)
+
+
+def summarize(recipe: str, before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """Held-out pairwise accuracy and margin before and after training, printed and for summary.md."""
+    if before and after:
+        print(f"[{recipe}] held-out pairwise accuracy {before['pairwise_accuracy']:.1%} -> "
+              f"{after['pairwise_accuracy']:.1%}, mean margin {before['mean_margin']:.3f} -> "
               f"{after['mean_margin']:.3f}")
-    plot_keys = ["train/loss", "train/accuracy", *(["eval/pairwise_accuracy"] if eval_pairs else [])]
-    return s.run.finish(s.model, s.tokenizer, summary=summary, plot_keys=plot_keys)
+    return eval_summary(recipe, before, after)
