@@ -21,14 +21,7 @@ from typing import Any
 import torch
 
 from posttrain.config import DataConfig, ModelConfig, OptimConfig, RunConfig, SamplingConfig
-from posttrain.data.chat import (
-    collate_packed,
-    collate_padded,
-    encode_conversation,
-    encode_prompt_completion,
-    pack,
-    prompt_messages,
-)
+from posttrain.data.chat import collate_packed, collate_padded, pack
 from posttrain.data.sources import DataOrder
 from posttrain.logprobs import token_logprobs
 from posttrain.losses import sft_loss
@@ -53,21 +46,6 @@ class Config:
     """Longest tokenized conversation; longer ones are an error naming the row."""
     packing: bool = False
     """Pack several conversations into each row of max_length tokens (no cross-attention)."""
-
-
-def encode_rows(rows: list[dict[str, Any]], tokenizer: Any, max_length: int,
-                system_prompt: str | None) -> list[tuple[list[int], list[int]]]:
-    """Token ids and response-only loss masks for conversation rows."""
-    examples = []
-    for row in rows:
-        if "messages" in row:
-            where = row.get("_where")
-            messages = prompt_messages({"messages": row["messages"], "_where": where}, system_prompt)
-            examples.append(encode_conversation(tokenizer, messages, max_length, where=where))
-        else:
-            examples.append(encode_prompt_completion(tokenizer, row["prompt"], row["completion"], max_length,
-                                                     where=row.get("_where"), system_prompt=system_prompt))
-    return examples
 
 
 def collate(examples: list[Any], pad_id: int, device: torch.device, packing: bool) -> dict[str, torch.Tensor]:
@@ -97,8 +75,8 @@ def sft_step(config: Config, model: Any, stepper: Stepper,
 def train(config: Config, *, train_rows: list[dict[str, Any]] | None = None,
           eval_rows: list[dict[str, Any]] | None = None) -> Path:
     """Run SFT; rows passed here replace the config's data. Returns the run directory."""
-    s = setup(config, "sft", "conversations", train_rows, eval_rows)
-    examples = encode_rows(s.train_rows, s.tokenizer, config.max_length, config.data.system_prompt or None)
+    s = setup(config, "sft", "conversations", train_rows, eval_rows)  # encodes (and checks) every row
+    examples = s.examples or []
     if config.packing:
         examples = pack(examples, config.max_length)
     print(f"[sft] {len(s.train_rows)} conversations -> {len(examples)} rows, {config.batch_size} rows per "
