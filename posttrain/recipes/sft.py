@@ -8,8 +8,9 @@ Each step:
    each other;
 3. negative log-likelihood of the response tokens, averaged over tokens, accumulated over
    micro-batches, one guarded optimizer step;
-4. log; evaluate held-out prompts with the task's check() and format check every
-   ``run.eval_every`` steps (greedy generation), checkpoint every ``run.save_every`` steps.
+4. log (loss, tokens, epoch: passes over the training rows so far); evaluate held-out prompts
+   with the task's check() and format check every ``run.eval_every`` steps (greedy generation),
+   checkpoint every ``run.save_every`` steps.
 """
 
 from __future__ import annotations
@@ -87,6 +88,6 @@ def train(config: Config, *, train_rows: list[dict[str, Any]] | None = None,
         batch = collate(order.take(config.batch_size), s.tokenizer.pad_token_id, s.device, config.packing)
         with s.run.tracker.timer("step"):
             metrics = sft_step(config, s.model, s.stepper, batch)
-        s.run.tracker.log(step, metrics)
+        s.run.tracker.log(step, {**metrics, "train/epoch": order.used / len(examples)})
         s.end_of_step(step, {"rows_used": order.used})
     return s.finish("sft", plot_keys=["train/loss", "eval/format", "eval/accuracy", "train/lr"])

@@ -41,31 +41,33 @@ def _chat(user: str, reply: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- the character bound
 
 
-def test_no_token_stands_for_more_characters_than_the_bound(tokenizer: Any) -> None:
+def test_token_counts_lie_between_the_bounds(tokenizer: Any) -> None:
     """L = the longest vocabulary entry (SmolLM2: a newline and 80 spaces); any text of c characters
-    is then at least c / L tokens, the fact that lets a giant row be refused without tokenizing it."""
+    is then at least c / L tokens (what lets a giant row be refused without tokenizing it), and at
+    most its UTF-8 bytes + 1 (what lets a short one pass without tokenizing it)."""
     per_token = preflight.chars_per_token(tokenizer)
     assert per_token == 81
-    for text in ["\n" + " " * 80, " " * 5000, "word " * 1000, "ééé😀" * 300, "<|im_start|>" * 50]:
-        tokens = len(preflight.tokenize_text(tokenizer, text))
-        assert tokens >= math.ceil(len(text) / per_token)
+    for text in ["\n" + " " * 80, " " * 5000, "word " * 1000, "ééé😀" * 300, "<|im_start|>" * 50, "a",
+                 "What is 12 + 35? Answer inside <answer></answer> tags.", "日本語のテキスト" * 20]:
+        (tokens,) = preflight.token_counts(tokenizer, [text])
+        assert math.ceil(len(text) / per_token) <= tokens <= preflight._tokens_at_most(tokenizer, text)
 
 
 def test_a_giant_prompt_is_refused_without_tokenizing_it(tokenizer: Any,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     rows = [{"prompt": "x " * 5_000_000, "_where": "d.jsonl:7"},
             {"prompt": "What is 2 + 2?", "_where": "d.jsonl:8"}]
-    real = preflight.tokenize_text
+    real = preflight.token_counts
     tokenized: list[int] = []
 
-    def counting(tok: Any, text: str) -> list[int]:
-        tokenized.append(len(text))
-        return real(tok, text)
+    def counting(tok: Any, texts: list[str]) -> list[int]:
+        tokenized.extend(map(len, texts))
+        return real(tok, texts)
 
-    monkeypatch.setattr(preflight, "tokenize_text", counting)
+    monkeypatch.setattr(preflight, "token_counts", counting)
     problems = preflight.prompt_problems(tokenizer, rows, max_prompt_tokens=256, max_new_tokens=64,
                                          context=8192, system_prompt=None)
-    assert len(problems) == 1 and max(tokenized) < 1000  # only the short prompt was tokenized
+    assert len(problems) == 1 and tokenized == []  # neither was tokenized: one is giant, one is short
     expected = (r"d.jsonl:7, field 'prompt': the prompt is at least 12345\d tokens \(10,000,\d{3} "
                 r"characters\), over data.max_prompt_tokens 256 \(raise data.max_prompt_tokens or shorten "
                 r"the prompt\) \(expected at most 256 tokens, got 12345\d\)")
