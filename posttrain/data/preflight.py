@@ -23,6 +23,10 @@ fewer tokens than that, and are accounted for: a normalizer that drops character
 measured after it) and a WordPiece unknown-word token that swallows a whole word (L is at least the
 longest word it swallows). Measured here (2 contended cores): a 50 MB prompt renders through the
 chat template in 0.1 s; tokenizing 5 MB of it took 2.3 s, so 50 MB would take about 20 s.
+
+The other way round, a prompt whose UTF-8 bytes (after the normalizer) plus one are within the limit
+is certainly within it, as no token covers less than a byte; only the rest are tokenized, in one
+batch. 5000 arithmetic prompts are checked in 0.5-0.7 s (2.5-3.1 s tokenizing each).
 """
 
 from __future__ import annotations
