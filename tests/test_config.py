@@ -122,6 +122,16 @@ def test_cli_config_error_is_one_block_exit_2(capsys: pytest.CaptureFixture[str]
     assert "Traceback" not in err
 
 
+def test_cli_names_the_command_line_for_an_override_and_the_file_for_its_own_keys(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "x.yaml"
+    path.write_text("optim:\n  lr: 1.0e-5\nsamples_per_prompt: 1\n")
+    assert cli_main(["grpo", "-c", str(path), "optim.lr=-1"]) == 2
+    err = capsys.readouterr().err
+    assert "on the command line: 'optim.lr' must be > 0; got -1.0" in err
+    assert f"in {path}: samples_per_prompt must be >= 2" in err
+
+
 def test_overriding_one_key_keeps_the_recipes_own_section_defaults() -> None:
     from posttrain.recipes import sft
 
