@@ -1,8 +1,8 @@
 """Turn a config's ``data`` section into rows: a procedural task's split, or a user's file; ranking
 rows into preference pairs (``ranking_pairs``), and a seeded order over the rows (``DataOrder``).
 
-Everything here is rows in, rows out: no tokenizer and no torch. ``posttrain.data.preferences``
-and ``posttrain.data.feedback`` build on it (never the other way round)."""
+Everything here is rows in, rows out: nothing tokenizes. ``posttrain.data.preferences`` and
+``posttrain.data.feedback`` build on it, never the other way round (no import circle)."""
 
 from __future__ import annotations
 

@@ -57,7 +57,7 @@ def _circle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_data_modules_import_each_other_without_a_circle() -> None:
     graph = _graph()
     assert {"sources", "preferences", "feedback", "formats", "chat", "preflight"} <= set(graph)
-    assert "preferences" not in graph["sources"]  # rows in, rows out: sources knows nothing of tokens
+    assert "preferences" not in graph["sources"]  # sources: rows in, rows out, nothing tokenized
     assert _circle(graph) is None, " -> ".join(_circle(graph) or [])
 
 
