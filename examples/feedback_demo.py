@@ -48,13 +48,8 @@ from posttrain.collect.sample import SampleConfig, sample
 from posttrain.config import load_config
 from posttrain.data.feedback import feedback_from
 from posttrain.data.formats import load_rows, write_jsonl
-from posttrain.data.preferences import (
-    encode_pairs,
-    load_pairs,
-    pairwise_metrics,
-    rankings_to_pairs,
-    score_pairs,
-)
+from posttrain.data.preferences import encode_pairs, pairwise_metrics, score_pairs
+from posttrain.data.sources import load_pairs, rankings_to_pairs
 from posttrain.data.tasks import arithmetic
 from posttrain.recipes import kto, orpo, reward_model
 from posttrain.runner import replace

@@ -15,6 +15,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import re
 import textwrap
 import types
 import typing
@@ -25,7 +26,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from posttrain.errors import ConfigError
+from posttrain.errors import COMMAND_LINE, ConfigError, config_source
 
 C = TypeVar("C")
 
@@ -281,7 +282,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
 
 def _parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
-        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. optim.lr=1e-5)")
+        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. optim.lr=1e-5)",
+                          source=COMMAND_LINE)
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
@@ -356,20 +358,47 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+_PROBLEM_KEY = re.compile(r"^(?:unknown key |missing required key )?'?([A-Za-z_][\w.\[\]]*)")
+
+
+def _from_overrides(problem: str, keys: list[str]) -> bool:
+    """Whether ``problem`` is about a key an override set: the key it starts with (or names as unknown
+    or missing) is one of ``keys`` or lies inside one (an override can set a whole section or list)."""
+    match = _PROBLEM_KEY.match(problem)
+    key = match.group(1) if match else ""
+    return any(key == k or key.startswith((f"{k}.", f"{k}[")) for k in keys)
+
+
+def _raise_problems(problems: list[str], path: str | Path | None, override_keys: list[str]) -> None:
+    """One ConfigError naming where each problem came from: the YAML file or the command line."""
+    if not problems:
+        return
+    sources = [COMMAND_LINE if _from_overrides(p, override_keys) or not path else str(path) for p in problems]
+    if not override_keys:  # a file alone (or values given in Python): no need to tell sources apart
+        raise ConfigError(problems, source=str(path) if path else None)
+    if len(set(sources)) == 1:
+        raise ConfigError(problems, source=sources[0])
+    raise ConfigError([f"{config_source(source)}: {p}" for p, source in zip(problems, sources)])
+
+
 def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None,
                 values: dict[str, Any] | None = None) -> C:
-    """Build ``cls`` from a YAML file, then a dict of values, then ``key.sub=value`` overrides."""
+    """Build ``cls`` from a YAML file, then a dict of values, then ``key.sub=value`` overrides (the
+    command line). Every problem is reported in one ConfigError saying where it came from: the YAML
+    file, or the command line for a problem with a key an override set."""
     data: dict[str, Any] = read_yaml(path) if path else {}
     for key, value in (values or {}).items():
         _set_dotted(data, key, value)
+    override_keys = []
     for text in overrides or []:
-        _set_dotted(data, *_parse_override(text))
+        key, value = _parse_override(text)
+        _set_dotted(data, key, value)
+        override_keys.append(key)
     problems: list[str] = []
     config = _build(cls, data, "", problems)
     if config is not None:
         problems.extend(validate(config))
-    if problems:
-        raise ConfigError(problems, source=str(path) if path else None)
+    _raise_problems(problems, path, override_keys)
     return config
 
 

@@ -6,7 +6,10 @@ so a user can fix the input without reading a traceback.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+_LISTED = 20  # further problems an aggregate DataError shows in full; the rest are counted
 
 
 class PosttrainError(Exception):
@@ -18,13 +21,23 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+COMMAND_LINE = "command line"
+"""The ``source`` of problems in ``key=value`` overrides (a file's path names problems in a YAML file)."""
+
+
+def config_source(source: str) -> str:
+    """How an error says where a config problem came from: "on the command line" or "in <file>"."""
+    return "on the command line" if source == COMMAND_LINE else f"in {source}"
+
+
 class ConfigError(PosttrainError):
-    """One or more problems in a configuration, all reported together."""
+    """One or more problems in a configuration, all reported together; ``source`` is the YAML file
+    they are in, or ``COMMAND_LINE`` for ``key=value`` overrides."""
 
     def __init__(self, problems: str | list[str], source: str | None = None) -> None:
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         self.source = source
-        where = f" in {source}" if source else ""
+        where = f" {config_source(source)}" if source else ""
         if len(self.problems) == 1:
             message = f"config error{where}: {self.problems[0]}"
         else:
@@ -50,6 +63,7 @@ class DataError(PosttrainError):
     ) -> None:
         self.file, self.line, self.row, self.field = file, line, row, field
         self.expected = expected
+        self.problems: list[DataError] = [self]
         parts = []
         if file is not None:
             parts.append(f"{file}:{line}" if line is not None else str(file))
@@ -63,6 +77,23 @@ class DataError(PosttrainError):
             detail += f", got {_short(got)})" if has_got or got is not None else ")"
         where = ", ".join(parts)
         super().__init__(f"{where}: {detail}" if where else detail)
+
+
+def data_errors(errors: Sequence[DataError]) -> DataError:
+    """One DataError reporting every problem at once: the first in full (its file, line and field
+    stay the error's attributes, so callers can branch on them), then each further problem on its
+    own line, up to 20, and a count of the rest. ``problems`` holds them all."""
+    first = errors[0]
+    if len(errors) == 1:
+        return first
+    listed = "".join(f"\n  - {error}" for error in errors[1 : 1 + _LISTED])
+    rest = len(errors) - 1 - _LISTED
+    tail = f"\n  - and {rest} more" if rest > 0 else ""
+    combined = DataError(f"{first}\n  {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''}:"
+                         f"{listed}{tail}")
+    combined.file, combined.line, combined.row = first.file, first.line, first.row
+    combined.field, combined.expected, combined.problems = first.field, first.expected, list(errors)
+    return combined
 
 
 class RewardError(PosttrainError):

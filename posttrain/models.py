@@ -182,6 +182,19 @@ def load_tokenizer(name: str) -> Any:
     return tokenizer
 
 
+def context_window(name: str) -> int | None:
+    """The model's context window in tokens (``max_position_embeddings``) from its config alone, without
+    loading weights; None when the config does not give one."""
+    from transformers import AutoConfig
+
+    _quiet_transformers()
+    path, gguf_file = resolve_model_path(name)
+    with _hub_errors(name) as hub_kwargs:
+        config = AutoConfig.from_pretrained(path, gguf_file=gguf_file, **hub_kwargs)
+    value = getattr(config.get_text_config(), "max_position_embeddings", None)
+    return value if isinstance(value, int) else None
+
+
 def load_model(name: str, dtype: str | torch.dtype = "float32", device: str = "cpu") -> nn.Module:
     """A causal LM from any supported source, in ``dtype`` on ``device``, in train mode."""
     from transformers import AutoModelForCausalLM

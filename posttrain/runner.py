@@ -214,6 +214,8 @@ class Setup:
     eval_rows: list[dict[str, Any]]
     evaluate: Any
     eval_before: dict[str, float]
+    examples: list[tuple[list[int], list[int]]] | None = None
+    """The training conversations encoded (ids, loss mask) while they were checked ("conversations")."""
     best: BestSoFar | None = None
     """``run.keep_best``: the best held-out evaluation so far (None: final/ is the last step's)."""
     checkpointed: nn.Module | None = None
@@ -268,10 +270,12 @@ def setup(config: Any, recipe: str, train_kind: str, train_rows: list[dict[str, 
           eval_rows: list[dict[str, Any]] | None = None, optimizer_steps_per_step: int = 1,
           load: Callable[[ModelConfig], tuple[nn.Module, Any, torch.device]] = load_policy,
           lr_by_prefix: dict[str, float] | None = None) -> Setup:
-    """Seed, load data and the model (``load``: the policy, or e.g. a reward model), build
-    optimizer/schedule/stepper, open (or resume) the run, and evaluate the starting policy on the
+    """Seed, load data and check it with the tokenizer alone (``data.preflight``: before any weights
+    load or the run folder exists), load the model (``load``: the policy, or e.g. a reward model),
+    build optimizer/schedule/stepper, open (or resume) the run, and evaluate the starting policy on the
     held-out rows. The LR schedule spans ``run.steps * optimizer_steps_per_step`` optimizer steps
     (RL recipes step several times per rollout); ``lr_by_prefix``: see ``build_optimizer``."""
+    from posttrain.data.preflight import check_inputs
     from posttrain.data.sources import load_split, resolve_task
     from posttrain.training import Stepper, build_optimizer, build_scheduler
 
@@ -282,6 +286,7 @@ def setup(config: Any, recipe: str, train_kind: str, train_rows: list[dict[str, 
         train_rows = load_split(config.data, "train", train_kind, config.run.seed)
     if eval_rows is None:
         eval_rows = load_split(config.data, "eval", "prompts", config.run.seed)
+    examples = check_inputs(config, load_tokenizer(config.model.name), train_kind, train_rows, eval_rows)
     model, tokenizer, device = load(config.model)
     optimizer = build_optimizer(model, config.optim, lr_by_prefix)
     scheduler = build_scheduler(optimizer, config.optim, config.run.steps * optimizer_steps_per_step)
@@ -291,7 +296,8 @@ def setup(config: Any, recipe: str, train_kind: str, train_rows: list[dict[str, 
     before = evaluate(0) if run.start_step == 0 else run.state.get("eval_before", {})
     return Setup(model=model, tokenizer=tokenizer, device=device, optimizer=optimizer, scheduler=scheduler,
                  stepper=stepper, run=run, task=task, train_rows=train_rows, eval_rows=eval_rows,
-                 evaluate=evaluate, eval_before=before, best=best_so_far(run))
+                 evaluate=evaluate, eval_before=before, best=best_so_far(run),
+                 examples=examples)
 
 
 def best_so_far(run: Run) -> BestSoFar | None:

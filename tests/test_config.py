@@ -41,12 +41,32 @@ def test_every_problem_reported_together_with_suggestions(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as info:
         load_config(Demo, path, ["bta=1", "run.steps=ten", "optim.lr=-1", "model.lora_rank=1.5"])
     text = str(info.value)
-    assert f"4 config errors in {path}" in text or f"5 config errors in {path}" in text
-    assert "unknown key 'optim.lrr'; did you mean 'optim.lr'?" in text
-    assert "unknown key 'bta'; did you mean 'beta'?" in text
-    assert "'run.steps': expected an integer, got 'ten'" in text
-    assert "'model.lora_rank': expected an integer, got 1.5" in text
-    assert "'optim.lr' must be > 0; got -1.0" in text
+    assert text.startswith("5 config errors:\n")
+    assert f"in {path}: unknown key 'optim.lrr'; did you mean 'optim.lr'?" in text
+    assert "on the command line: unknown key 'bta'; did you mean 'beta'?" in text
+    assert "on the command line: 'run.steps': expected an integer, got 'ten'" in text
+    assert "on the command line: 'model.lora_rank': expected an integer, got 1.5" in text
+    assert "on the command line: 'optim.lr' must be > 0; got -1.0" in text
+
+
+def test_override_problems_are_attributed_to_the_command_line_not_the_file(tmp_path: Path) -> None:
+    """A bad key=value names the command line; the YAML file is only named for what it holds."""
+    path = tmp_path / "x.yaml"
+    path.write_text("optim:\n  lr: 1.0e-5\nbeta: 0.1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(Demo, path, ["optim.lr=-1"])
+    assert str(info.value) == "config error on the command line: 'optim.lr' must be > 0; got -1.0"
+    assert str(path) not in str(info.value)
+    with pytest.raises(ConfigError, match=r"^config error on the command line: beta and rewards clash$"):
+        load_config(Demo, path, ["beta=7"])  # a check() problem about an overridden key
+    with pytest.raises(ConfigError, match=r"^config error on the command line: '\[1, 2\]' is not a section"
+                                          r"|^config error on the command line: 'optim' is a section"):
+        load_config(Demo, path, ["optim=[1, 2]"])
+    with pytest.raises(ConfigError, match=r"^config error on the command line: override 'nokey' is not"):
+        load_config(Demo, path, ["nokey"])
+    path.write_text("optim:\n  lr: -1\n")
+    with pytest.raises(ConfigError, match=rf"^config error in {path}: 'optim.lr' must be > 0"):
+        load_config(Demo, path, ["run.steps=3"])
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -100,6 +120,16 @@ def test_cli_config_error_is_one_block_exit_2(capsys: pytest.CaptureFixture[str]
     assert "did you mean 'optim.lr'?" in err
     assert "samples_per_prompt must be >= 2" in err
     assert "Traceback" not in err
+
+
+def test_cli_names_the_command_line_for_an_override_and_the_file_for_its_own_keys(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "x.yaml"
+    path.write_text("optim:\n  lr: 1.0e-5\nsamples_per_prompt: 1\n")
+    assert cli_main(["grpo", "-c", str(path), "optim.lr=-1"]) == 2
+    err = capsys.readouterr().err
+    assert "on the command line: 'optim.lr' must be > 0; got -1.0" in err
+    assert f"in {path}: samples_per_prompt must be >= 2" in err
 
 
 def test_overriding_one_key_keeps_the_recipes_own_section_defaults() -> None:

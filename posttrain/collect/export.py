@@ -3,7 +3,7 @@
 - ``rankings.jsonl``: ``prompt``, ``responses``, ``ranking`` (indices into responses, best first)
   from *rank* labels (reward model: ``posttrain rm``).
 - ``pairs.jsonl``: ``prompt``, ``chosen``, ``rejected`` from *rank* labels (all implied pairs or
-  adjacent ones, via ``posttrain.data.preferences.ranking_pairs``) and from *A/B* labels directly;
+  adjacent ones, via ``posttrain.data.sources.ranking_pairs``) and from *A/B* labels directly;
   ties and "both bad" carry no preference and are dropped (DPO, reward model).
 - ``unpaired.jsonl``: ``prompt``, ``completion``, ``label`` (true = thumbs up) from *thumbs* labels.
 - ``summary.json``: counts per mode and annotator, and where items have more than one label the
@@ -56,8 +56,7 @@ def rankings_rows(labels: list[Row]) -> tuple[list[Row], int]:
 def pairs_rows(labels: list[Row], pairs: str = "all") -> tuple[list[Row], int]:
     """(rows, dropped): chosen/rejected pairs from *rank* labels (``pairs`` = all | adjacent) and
     *A/B* labels (tie and both_bad give none); dropped = pairs with an empty or identical text."""
-    # Imported here: preferences pulls in torch, which the labelling server otherwise never needs.
-    from posttrain.data.preferences import PAIR_MODES, ranking_pairs
+    from posttrain.data.sources import PAIR_MODES, ranking_pairs
 
     if pairs not in PAIR_MODES:
         raise ConfigError(f"pairs must be one of {', '.join(PAIR_MODES)}; got {pairs!r}")

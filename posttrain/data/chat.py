@@ -54,7 +54,9 @@ def prompt_messages(row: dict[str, Any], system_prompt: str | None = None) -> Me
     return messages
 
 
-def _render(tokenizer: Any, messages: Messages, generation_prompt: bool) -> str:
+def render_messages(tokenizer: Any, messages: Messages, generation_prompt: bool) -> str:
+    """The messages as text by the tokenizer's chat template (with the assistant header after them
+    when ``generation_prompt``)."""
     if not getattr(tokenizer, "chat_template", None):
         raise ConfigError("the tokenizer has no chat template; use a chat (instruct) model or set "
                           "tokenizer.chat_template before training")
@@ -63,20 +65,21 @@ def _render(tokenizer: Any, messages: Messages, generation_prompt: bool) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
-def _tokenize(tokenizer: Any, text: str) -> list[int]:
+def tokenize_text(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of rendered text."""
     # The template writes any BOS itself; letting the tokenizer add another would double it.
     return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
 
 def render_prompt(tokenizer: Any, row: dict[str, Any], system_prompt: str | None = None) -> str:
     """The row's prompt rendered by the tokenizer's chat template, ending with the generation prompt."""
-    return _render(tokenizer, prompt_messages(row, system_prompt), generation_prompt=True)
+    return render_messages(tokenizer, prompt_messages(row, system_prompt), generation_prompt=True)
 
 
 def encode_prompt(tokenizer: Any, row: dict[str, Any], max_prompt_tokens: int,
                   system_prompt: str | None = None) -> list[int]:
     """Token ids of the rendered prompt; more than `max_prompt_tokens` is a DataError naming the row."""
-    ids = _tokenize(tokenizer, render_prompt(tokenizer, row, system_prompt))
+    ids = tokenize_text(tokenizer, render_prompt(tokenizer, row, system_prompt))
     if len(ids) > max_prompt_tokens:
         raise DataError(f"the prompt is {len(ids)} tokens, over the limit of {max_prompt_tokens} "
                         "(raise max_prompt_tokens or shorten the prompt)", file=row.get("_where"),
@@ -90,8 +93,8 @@ def _segments(tokenizer: Any, messages: Messages, where: str | None) -> list[tup
     done = ""
     for i, message in enumerate(messages):
         assistant = message["role"] == "assistant"
-        renders = [_render(tokenizer, messages[:i], True)] if assistant else []
-        renders.append(_render(tokenizer, messages[: i + 1], False))
+        renders = [render_messages(tokenizer, messages[:i], True)] if assistant else []
+        renders.append(render_messages(tokenizer, messages[: i + 1], False))
         previous = done
         for render in renders:
             if not render.startswith(previous):
@@ -112,27 +115,28 @@ def _segments(tokenizer: Any, messages: Messages, where: str | None) -> list[tup
 
 
 def encode_conversation(tokenizer: Any, messages: Messages, max_length: int | None, *, truncate: bool = False,
-                        where: str | None = None) -> tuple[list[int], list[int]]:
+                        where: str | None = None, field: str = "messages") -> tuple[list[int], list[int]]:
     """Token ids and loss mask (1 on assistant content and end-of-turn) of a chat conversation.
 
     Longer than `max_length`: a DataError, or with `truncate=True` the end is cut off. A conversation
-    left with no trained token (no assistant turn, or all of it truncated) is a DataError.
+    left with no trained token (no assistant turn, or all of it truncated) is a DataError. Errors
+    name `where` (the row's location) and `field` (the row's field holding the trained text).
     """
     ids: list[int] = []
     mask: list[int] = []
     for text, trained in _segments(tokenizer, messages, where):
-        piece = _tokenize(tokenizer, text)
+        piece = tokenize_text(tokenizer, text)
         ids += piece
         mask += [trained] * len(piece)
     if max_length is not None and len(ids) > max_length:
         if not truncate:
             raise DataError(f"the conversation is {len(ids)} tokens, over max_length {max_length} "
-                            "(raise max_length or allow truncation)", file=where,
+                            "(raise max_length or allow truncation)", file=where, field=field,
                             expected=f"at most {max_length} tokens", got=len(ids))
         ids, mask = ids[:max_length], mask[:max_length]
     if not any(mask):
         reason = "after truncation to max_length" if truncate and max_length is not None else "at all"
-        raise DataError(f"no assistant token to train on {reason}", file=where, field="messages",
+        raise DataError(f"no assistant token to train on {reason}", file=where, field=field,
                         expected="at least one assistant token")
     return ids, mask
 
@@ -143,7 +147,8 @@ def encode_prompt_completion(tokenizer: Any, prompt: str | Messages, completion:
     """`encode_conversation` of the prompt (string or messages) followed by one assistant turn."""
     messages = prompt_messages({"prompt": prompt, "_where": where}, system_prompt)
     messages.append({"role": "assistant", "content": completion})
-    return encode_conversation(tokenizer, messages, max_length, truncate=truncate, where=where)
+    return encode_conversation(tokenizer, messages, max_length, truncate=truncate, where=where,
+                               field="completion")
 
 
 def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "right",

@@ -25,8 +25,9 @@ from typing import Any
 
 from posttrain.config import DataConfig
 from posttrain.data.formats import load_rows
-from posttrain.data.preferences import EncodedPair, encode_pairs, encode_response, load_pairs
-from posttrain.errors import ConfigError, DataError
+from posttrain.data.preferences import EncodedPair, encode_pairs, encode_response
+from posttrain.data.sources import _is_task, load_pairs
+from posttrain.errors import ConfigError, DataError, data_errors
 
 Row = dict[str, Any]
 Example = tuple[list[int], list[int]]
@@ -96,7 +97,6 @@ def feedback_from(source: Any) -> list[Row]:
 def load_feedback(data: DataConfig, seed: int) -> list[Row]:
     """The training feedback rows of a config's data section: a task's ``feedback_rows`` (train split,
     ``data.train_size`` rows, ``data.options``) or a file (see ``feedback_from``)."""
-    from posttrain.data.sources import _is_task
     from posttrain.data.tasks import get_task
 
     if not _is_task(data.train):
@@ -110,16 +110,24 @@ def load_feedback(data: DataConfig, seed: int) -> list[Row]:
 
 def encode_feedback(tokenizer: Any, rows: Sequence[Row], max_length: int, *, truncate: bool = False,
                     system_prompt: str | None = None) -> list[EncodedFeedback]:
-    """Encode every feedback row (an over-long one is a DataError unless ``truncate``)."""
-    out = []
+    """Encode every feedback row (an over-long one is a DataError unless ``truncate``); every bad row
+    is reported in one DataError."""
+    out, problems = [], []
     for row in rows:
         where = row.get("_where")
-        ids, mask = encode_response(tokenizer, row["prompt"], row["completion"], max_length,
-                                    truncate=truncate, where=where, system_prompt=system_prompt)
-        if not any(mask):
-            raise DataError(f"no completion token left within max_length {max_length}", file=where,
-                            field="completion", expected="a response that starts within max_length")
+        try:
+            ids, mask = encode_response(tokenizer, row["prompt"], row["completion"], max_length,
+                                        truncate=truncate, where=where, system_prompt=system_prompt,
+                                        field="completion")
+            if not any(mask):
+                raise DataError(f"no completion token left within max_length {max_length}", file=where,
+                                field="completion", expected="a response that starts within max_length")
+        except DataError as error:
+            problems.append(error)
+            continue
         out.append(EncodedFeedback(ids, mask, mask.index(1), bool(row["label"]), str(where)))
+    if problems:
+        raise data_errors(problems)
     return out
 
 

@@ -11,13 +11,19 @@ Decisions:
   BOM, CRLF endings and a last line without newline; it rejects `NaN`/`Infinity` and numbers that
   overflow to infinity (`1e999`), invalid UTF-8, and anything but one JSON object per line.
 - A malformed file (bad JSON, bad CSV, bad encoding) stops at the first problem. Row-level problems
-  (missing field, wrong type, empty string...) are collected over the whole dataset: the error
-  describes the first one in full and lists where the next few are, so one run shows their extent.
+  (missing field, wrong type, empty string...) are collected over the whole dataset and reported in
+  one error (``errors.data_errors``: every problem with its file:line and field, up to 20 listed).
+- A key twice in one JSON object (`{"prompt": "a", "prompt": "b"}`) is refused: which value was
+  meant is unknowable (Python's json would silently keep the last).
+- A `messages` conversation must not open with an assistant turn (system messages may come first):
+  a reply to nothing would be trained on; put such text in a system message or drop it.
 - Strings must be non-empty after stripping whitespace (message contents included).
 - Duplicate rows are allowed and kept: repeating a row is a common, deliberate way to upweight it.
-- CSV cells are strings; only the fields that cannot be strings are converted: `messages`,
-  `responses` and `ranking` are parsed as JSON, `label` accepts true/false/1/0. A CSV `prompt`,
-  `chosen` or `rejected` is therefore always plain text.
+- CSV cells are strings of any length (a long completion is valid data: Python csv's default
+  131,072-character field limit is raised to the file's own length while reading); only the fields
+  that cannot be strings are converted: `messages`, `responses` and `ranking` are parsed as JSON,
+  `label` accepts true/false/1/0. A CSV `prompt`, `chosen` or `rejected` is therefore always plain
+  text.
 - `split` only applies to a `DatasetDict`; files and lists have no splits.
 """
 
@@ -37,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from posttrain.errors import ConfigError, DataError
+from posttrain.errors import ConfigError, DataError, data_errors
 
 Row = dict[str, Any]
 ROLES = ("system", "user", "assistant")
@@ -45,7 +51,6 @@ SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 _CSV_JSON_FIELDS = ("messages", "responses", "ranking")
 _TEXT = "a non-empty string"
 _MESSAGES = "a list of {role, content} messages"
-_MORE_LOCATIONS = 5  # how many further invalid rows an error lists by location
 
 
 @dataclass(frozen=True)
@@ -153,10 +158,20 @@ def _check_prompts_row(row: Row) -> None:
         _check_prompt_messages(row["messages"], "messages")
 
 
+def _check_opening(messages: list[dict[str, Any]], field: str) -> None:
+    roles = [m["role"] for m in messages]
+    first = next((i for i, role in enumerate(roles) if role != "system"), None)
+    if first is not None and roles[first] == "assistant":
+        raise _Problem(f"{field}[{first}].role", "the conversation opens with an assistant turn, a reply to "
+                       "nothing that would be trained on (put the user's message first; only system "
+                       "messages may come before it)", "user", "assistant")
+
+
 def _check_conversation_row(row: Row) -> None:
     if "messages" in row:
         _check_messages(row["messages"], "messages")
         _check_turns(row["messages"], "messages", last_assistant=False)
+        _check_opening(row["messages"], "messages")
     elif "prompt" in row:
         _check_prompt(row)
         _check_text(_require(row, "completion", _TEXT), "completion")
@@ -228,6 +243,26 @@ class _NonFinite(ValueError):
     pass
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key, self.pos = key, 0
+
+
+def _object_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKey(key)
+        obj[key] = value
+    return obj
+
+
+def _duplicate_error(error: _DuplicateKey, name: str, line: int | None) -> DataError:
+    return DataError(f"the key '{error.key}' appears twice in one object: which value was meant is "
+                     "unknowable", file=name, line=line, field=error.key, expected="each key once per object")
+
+
 def _reject_constant(literal: str) -> float:
     raise _NonFinite(literal)
 
@@ -239,7 +274,8 @@ def _finite_float(literal: str) -> float:
     return value
 
 
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float,
+                            object_pairs_hook=_object_once)
 
 
 def _json_problem(text: str, pos: int, message: str, column: int, *, one_per_line: bool) -> str:
@@ -286,6 +322,8 @@ def _read_jsonl(path: Path) -> Iterator[tuple[Row, _Loc]]:
             except _NonFinite as error:
                 raise DataError(f"non-finite number {error} is not valid JSON", file=name, line=number,
                                 expected="a finite number", got=str(error)) from None
+            except _DuplicateKey as error:
+                raise _duplicate_error(error, name, number) from None
             except json.JSONDecodeError as error:
                 problem = _json_problem(text, error.pos, error.msg, error.colno, one_per_line=True)
                 raise DataError(problem, file=name, line=number) from None
@@ -301,6 +339,15 @@ def _skip_space(text: str, i: int) -> int:
     return i
 
 
+def _decode_at(text: str, i: int) -> tuple[Any, int]:
+    """``raw_decode`` at offset ``i``; a duplicate key is located at the start of its value."""
+    try:
+        return _DECODER.raw_decode(text, i)
+    except _DuplicateKey as error:
+        error.pos = i
+        raise
+
+
 def _json_elements(text: str) -> list[tuple[Any, int]]:
     """The objects of a `.json` file with their start offsets: a top-level list, or the list under
     a top-level "data" or "rows" key. Raises JSONDecodeError or ValueError on malformed input."""
@@ -308,7 +355,7 @@ def _json_elements(text: str) -> list[tuple[Any, int]]:
     if i == len(text):
         return []
     if text.startswith("{", i):
-        whole, end = _DECODER.raw_decode(text, i)
+        whole, end = _decode_at(text, i)
         if _skip_space(text, end) != len(text):
             raise json.JSONDecodeError("Extra data", text, _skip_space(text, end))
         key = next((k for k in ("data", "rows") if isinstance(whole.get(k), list)), None)
@@ -329,7 +376,7 @@ def _json_elements(text: str) -> list[tuple[Any, int]]:
     elements: list[tuple[Any, int]] = []
     i = _skip_space(text, i + 1)
     while not text.startswith("]", i):
-        value, end = _DECODER.raw_decode(text, i)
+        value, end = _decode_at(text, i)
         elements.append((value, i))
         i = _skip_space(text, end)
         if text.startswith(",", i):
@@ -351,6 +398,8 @@ def _read_json(path: Path) -> Iterator[tuple[Row, _Loc]]:
     except _NonFinite as error:
         raise DataError(f"non-finite number {error} is not valid JSON", file=name, expected="a finite number",
                         got=str(error)) from None
+    except _DuplicateKey as error:
+        raise _duplicate_error(error, name, text.count("\n", 0, error.pos) + 1) from None
     except json.JSONDecodeError as error:
         problem = _json_problem(text, error.pos, error.msg, error.colno, one_per_line=False)
         raise DataError(problem, file=name, line=error.lineno) from None
@@ -372,6 +421,9 @@ def _csv_cell(field: str, cell: str) -> Any:
     if field in _CSV_JSON_FIELDS:
         try:
             return _DECODER.decode(cell)
+        except _DuplicateKey as error:
+            raise _Problem(field, f"the key '{error.key}' appears twice in one object of the cell",
+                           "each key once per object", cell) from None
         except (json.JSONDecodeError, ValueError):
             raise _Problem(field, "CSV cell is not valid JSON", "JSON text (e.g. [...])", cell) from None
     return cell
@@ -379,9 +431,13 @@ def _csv_cell(field: str, cell: str) -> Any:
 
 def _read_csv(path: Path) -> Iterator[tuple[Row, _Loc]]:
     name = str(path)
-    reader = csv.reader(io.StringIO(_decode_utf8(path.read_bytes(), name), newline=""), strict=True)
+    text = _decode_utf8(path.read_bytes(), name)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     header: list[str] | None = None
     previous_end = 0
+    # no field is longer than the file: raise csv's 131,072-character default that far (a process-wide
+    # setting, restored after reading; 2**31 - 1 is the most a C long holds everywhere)
+    default_limit = csv.field_size_limit(max(csv.field_size_limit(), min(len(text) + 1, 2**31 - 1)))
     try:
         for record in reader:
             start, previous_end = previous_end + 1, reader.line_num
@@ -403,6 +459,8 @@ def _read_csv(path: Path) -> Iterator[tuple[Row, _Loc]]:
                 raise _to_error(problem, loc) from None
     except csv.Error as error:
         raise DataError(f"malformed CSV: {error}", file=name, line=reader.line_num) from None
+    finally:
+        csv.field_size_limit(default_limit)
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[Row, _Loc]]:
@@ -476,7 +534,7 @@ def load_rows(source: Any, kind: str, *, split: str = "train") -> list[Row]:
     """Every row of `source`, validated as `kind` (a key of KINDS), each with a `_where` string.
 
     Raises DataError naming file, physical line (or row index), field, expected and got; when
-    several rows are invalid the error describes the first and lists where the next ones are.
+    several rows are invalid, one error reports them all (``errors.data_errors``).
     """
     if kind not in KINDS:
         close = difflib.get_close_matches(kind, list(KINDS), n=1)
@@ -494,13 +552,7 @@ def load_rows(source: Any, kind: str, *, split: str = "train") -> list[Row]:
         row["_where"] = loc.where
         rows.append(row)
     if problems:
-        error = _to_error(*problems[0])
-        if len(problems) > 1:
-            shown = ", ".join(loc.where for _, loc in problems[1 : 1 + _MORE_LOCATIONS])
-            more = len(problems) - 1 - _MORE_LOCATIONS
-            tail = f" and {more} more" if more > 0 else ""
-            error.args = (f"{error}\n  {len(problems) - 1} more invalid rows: {shown}{tail}",)
-        raise error
+        raise data_errors([_to_error(problem, loc) for problem, loc in problems])
     if not rows:
         raise DataError(f"no rows: the {kind} dataset is empty", file=label, expected="at least one row")
     return rows

@@ -30,34 +30,11 @@ from typing import Any
 import torch
 
 from posttrain.data.chat import collate_padded, encode_conversation, prompt_messages
-from posttrain.errors import ConfigError, DataError
+from posttrain.data.preflight import tokens_at_least
+from posttrain.data.sources import PAIR_MODES, load_pairs
+from posttrain.errors import DataError, data_errors
 
 Row = dict[str, Any]
-PAIR_MODES = ("all", "adjacent")
-
-
-def ranking_pairs(row: Row, mode: str = "all") -> list[Row]:
-    """The pairs a ranking row implies (``responses``, ``ranking`` = response indices, best first).
-
-    ``all``: every (better, worse) pair, n(n-1)/2 of them; ``adjacent``: each response over the next
-    one in the ranking, n-1 pairs. Other columns are kept; ``_where`` gains the two ranks
-    ("data.jsonl:3 ranks 0>2") so errors point at the pair.
-    """
-    if mode not in PAIR_MODES:
-        raise ConfigError(f"ranking pairs must be one of {', '.join(PAIR_MODES)}; got {mode!r}")
-    responses, ranking = row["responses"], row["ranking"]
-    rest = {k: v for k, v in row.items() if k not in ("responses", "ranking", "_where")}
-    n = len(ranking)
-    ranks = [(i, i + 1) for i in range(n - 1)] if mode == "adjacent" else [
-        (i, j) for i in range(n) for j in range(i + 1, n)]
-    where = row.get("_where", "rankings")
-    return [{**rest, "chosen": responses[ranking[i]], "rejected": responses[ranking[j]],
-             "_where": f"{where} ranks {i}>{j}"} for i, j in ranks]
-
-
-def rankings_to_pairs(rows: Sequence[Row], mode: str = "all") -> list[Row]:
-    """``ranking_pairs`` of every row, in row order."""
-    return [pair for row in rows for pair in ranking_pairs(row, mode)]
 
 
 @dataclass
@@ -85,19 +62,32 @@ def _keep_last_runs(mask: list[int], runs: int) -> list[int]:
     return out
 
 
+def _over_max_length(size: str, tokens: int, max_length: int, where: str | None, field: str | None,
+                     ) -> DataError:
+    return DataError(f"prompt + response is {size}, over max_length {max_length} (raise max_length, or set "
+                     "truncate=true to cut the end off)", file=where, field=field,
+                     expected=f"at most {max_length} tokens", got=tokens)
+
+
 def encode_response(tokenizer: Any, prompt: Any, response: Any, max_length: int, *, truncate: bool = False,
-                    where: str | None = None, system_prompt: str | None = None,
+                    where: str | None = None, system_prompt: str | None = None, field: str | None = None,
                     ) -> tuple[list[int], list[int]]:
-    """(ids, mask) of prompt + response with the mask on the response's assistant turns only."""
+    """(ids, mask) of prompt + response with the mask on the response's assistant turns only; errors
+    name ``where`` and ``field`` (the row's response field). A response certainly over
+    ``max_length`` by its length alone is refused without tokenizing (``preflight.tokens_at_least``)."""
     messages = prompt_messages({"prompt": prompt, "_where": where}, system_prompt)
     turns = [{"role": "assistant", "content": response}] if isinstance(response, str) else list(response)
-    ids, mask = encode_conversation(tokenizer, messages + turns, None, where=where)
+    conversation = messages + turns
+    bound = None if truncate else tokens_at_least(tokenizer, conversation, max_length,
+                                                  generation_prompt=False)
+    if bound is not None:
+        raise _over_max_length(f"at least {bound[0]} tokens ({bound[1]:,} characters)", bound[0], max_length,
+                               where, field)
+    ids, mask = encode_conversation(tokenizer, conversation, None, where=where, field=field or "messages")
     mask = _keep_last_runs(mask, sum(turn["role"] == "assistant" for turn in turns))
     if len(ids) > max_length:
         if not truncate:
-            raise DataError(f"prompt + response is {len(ids)} tokens, over max_length {max_length} "
-                            "(raise max_length, or set truncate=true to cut the end off)", file=where,
-                            expected=f"at most {max_length} tokens", got=len(ids))
+            raise _over_max_length(f"{len(ids)} tokens", len(ids), max_length, where, field)
         ids, mask = ids[:max_length], mask[:max_length]
     return ids, mask
 
@@ -110,23 +100,35 @@ def _margin(row: Row, default: float) -> float:
     return float(value)
 
 
+def _encode_side(tokenizer: Any, row: Row, side: str, max_length: int, truncate: bool,
+                 system_prompt: str | None) -> tuple[list[int], list[int]]:
+    where = row.get("_where")
+    ids, mask = encode_response(tokenizer, row["prompt"], row[side], max_length, truncate=truncate,
+                                where=where, system_prompt=system_prompt, field=side)
+    if not any(mask):
+        raise DataError(f"no {side} token left within max_length {max_length}", file=where, field=side,
+                        expected="a response that starts within max_length")
+    return ids, mask
+
+
 def encode_pairs(tokenizer: Any, rows: Sequence[Row], max_length: int, *, truncate: bool = False,
                  system_prompt: str | None = None, margin: float = 0.0) -> list[EncodedPair]:
-    """Encode every pair row (see the module docstring for over-long pairs). A row's numeric
-    ``margin`` column, when present, overrides ``margin``."""
-    pairs, dropped = [], 0
+    """Encode every pair row (see the module docstring for over-long pairs); every bad row is reported
+    in one DataError. A row's numeric ``margin`` column, when present, overrides ``margin``."""
+    pairs, dropped, problems = [], 0, []
     for row in rows:
         where = row.get("_where")
-        sides = [encode_response(tokenizer, row["prompt"], row[side], max_length, truncate=truncate,
-                                 where=where, system_prompt=system_prompt) for side in ("chosen", "rejected")]
-        for side, (_, mask) in zip(("chosen", "rejected"), sides):
-            if not any(mask):
-                raise DataError(f"no {side} token left within max_length {max_length}", file=where,
-                                field=side, expected="a response that starts within max_length")
-        if sides[0] == sides[1]:
-            dropped += 1
-            continue
-        pairs.append(EncodedPair(sides[0], sides[1], _margin(row, margin), str(where)))
+        try:
+            sides = [_encode_side(tokenizer, row, side, max_length, truncate, system_prompt)
+                     for side in ("chosen", "rejected")]
+            if sides[0] == sides[1]:
+                dropped += 1
+                continue
+            pairs.append(EncodedPair(sides[0], sides[1], _margin(row, margin), str(where)))
+        except DataError as error:
+            problems.append(error)
+    if problems:
+        raise data_errors(problems)
     if dropped:
         if not pairs:
             raise DataError(f"all {dropped} pairs have identical chosen and rejected sides (the same "
@@ -162,16 +164,6 @@ def pairwise_metrics(chosen_B: torch.Tensor, rejected_B: torch.Tensor) -> dict[s
     gap_B = (chosen_B - rejected_B).double()
     wins = (gap_B > 0).double() + 0.5 * (gap_B == 0).double()
     return {"pairwise_accuracy": float(wins.mean()), "mean_margin": float(gap_B.mean())}
-
-
-def load_pairs(data: Any, split: str, seed: int, mode: str = "all") -> list[Row]:
-    """Preference rows of ``split`` ("train" or "eval") for a config's data section: a task's
-    procedural pairs, or a file of pairs or rankings (expanded with ``mode``)."""
-    from posttrain.data.sources import load_split
-
-    if mode not in PAIR_MODES:
-        raise ConfigError(f"ranking pairs must be one of {', '.join(PAIR_MODES)}; got {mode!r}")
-    return load_split(data, split, "preferences", seed, pairs=mode)
 
 
 # ---------------------------------------------------------------- shared by the rm and dpo recipes

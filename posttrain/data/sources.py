@@ -1,8 +1,13 @@
-"""Turn a config's ``data`` section into rows: a procedural task's split, or a user's file."""
+"""Turn a config's ``data`` section into rows: a procedural task's split, or a user's file; ranking
+rows into preference pairs (``ranking_pairs``), and a seeded order over the rows (``DataOrder``).
+
+Everything here is rows in, rows out: nothing tokenizes. ``posttrain.data.preferences`` and
+``posttrain.data.feedback`` build on it, never the other way round (no import circle)."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -10,7 +15,10 @@ from typing import Any
 from posttrain.config import DataConfig
 from posttrain.data.formats import load_rows
 from posttrain.data.tasks import TASKS, get_task
-from posttrain.errors import ConfigError
+from posttrain.errors import ConfigError, DataError
+
+Row = dict[str, Any]
+PAIR_MODES = ("all", "adjacent")
 
 
 def _is_task(source: str) -> bool:
@@ -82,12 +90,41 @@ def _mix(rows: list[dict[str, Any]], data: DataConfig, kind: str, seed: int,
     return mixed
 
 
+def ranking_pairs(row: Row, mode: str = "all") -> list[Row]:
+    """The pairs a ranking row implies (``responses``, ``ranking`` = response indices, best first).
+
+    ``all``: every (better, worse) pair, n(n-1)/2 of them; ``adjacent``: each response over the next
+    one in the ranking, n-1 pairs. Other columns are kept; ``_where`` gains the two ranks
+    ("data.jsonl:3 ranks 0>2") so errors point at the pair.
+    """
+    if mode not in PAIR_MODES:
+        raise ConfigError(f"ranking pairs must be one of {', '.join(PAIR_MODES)}; got {mode!r}")
+    responses, ranking = row["responses"], row["ranking"]
+    rest = {k: v for k, v in row.items() if k not in ("responses", "ranking", "_where")}
+    n = len(ranking)
+    ranks = [(i, i + 1) for i in range(n - 1)] if mode == "adjacent" else [
+        (i, j) for i in range(n) for j in range(i + 1, n)]
+    where = row.get("_where", "rankings")
+    return [{**rest, "chosen": responses[ranking[i]], "rejected": responses[ranking[j]],
+             "_where": f"{where} ranks {i}>{j}"} for i, j in ranks]
+
+
+def rankings_to_pairs(rows: Sequence[Row], mode: str = "all") -> list[Row]:
+    """``ranking_pairs`` of every row, in row order."""
+    return [pair for row in rows for pair in ranking_pairs(row, mode)]
+
+
+def load_pairs(data: Any, split: str, seed: int, mode: str = "all") -> list[Row]:
+    """Preference rows of ``split`` ("train" or "eval") for a config's data section: a task's
+    procedural pairs, or a file of pairs or rankings (expanded with ``mode``)."""
+    if mode not in PAIR_MODES:
+        raise ConfigError(f"ranking pairs must be one of {', '.join(PAIR_MODES)}; got {mode!r}")
+    return load_split(data, split, "preferences", seed, pairs=mode)
+
+
 def _load_preferences(source: str, pairs: str) -> list[dict[str, Any]]:
     """A file of pairs (prompt, chosen, rejected) or of rankings (prompt, responses, ranking), told
     apart by its rows: a file whose rows lack 'chosen' but validate as rankings is a rankings file."""
-    from posttrain.data.preferences import rankings_to_pairs
-    from posttrain.errors import DataError
-
     try:
         return load_rows(source, "preferences")
     except DataError as pair_error:

@@ -42,6 +42,7 @@ from torch import nn
 from posttrain.config import DataConfig, ModelConfig, OptimConfig, RunConfig, SamplingConfig
 from posttrain.data.chat import prompt_messages
 from posttrain.data.formats import write_jsonl
+from posttrain.data.preflight import check_inputs
 from posttrain.data.sources import DataOrder, load_split, resolve_task
 from posttrain.keep_best import BestSoFar
 from posttrain.keep_best import check_config as check_keep_best
@@ -226,6 +227,7 @@ def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]]
         train_rows = load_split(config.data, "train", "prompts", config.run.seed)
     if eval_rows is None:
         eval_rows = load_split(config.data, "eval", "prompts", config.run.seed)
+    check_inputs(config, load_tokenizer(config.model.name), "prompts", train_rows, eval_rows)  # no model yet
     model_name = config.model.name
     model, tokenizer = _load(config, model_name)
     run = start_run(config, "best-of-n", model, None, None, total_steps=config.rounds)

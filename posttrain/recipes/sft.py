@@ -8,8 +8,9 @@ Each step:
    each other;
 3. negative log-likelihood of the response tokens, averaged over tokens, accumulated over
    micro-batches, one guarded optimizer step;
-4. log; evaluate held-out prompts with the task's check() and format check every
-   ``run.eval_every`` steps (greedy generation), checkpoint every ``run.save_every`` steps.
+4. log (loss, tokens, epoch: passes over the training rows so far); evaluate held-out prompts
+   with the task's check() and format check every ``run.eval_every`` steps (greedy generation),
+   checkpoint every ``run.save_every`` steps.
 """
 
 from __future__ import annotations
@@ -21,14 +22,7 @@ from typing import Any
 import torch
 
 from posttrain.config import DataConfig, ModelConfig, OptimConfig, RunConfig, SamplingConfig
-from posttrain.data.chat import (
-    collate_packed,
-    collate_padded,
-    encode_conversation,
-    encode_prompt_completion,
-    pack,
-    prompt_messages,
-)
+from posttrain.data.chat import collate_packed, collate_padded, pack
 from posttrain.data.sources import DataOrder
 from posttrain.logprobs import token_logprobs
 from posttrain.losses import sft_loss
@@ -59,21 +53,6 @@ class Config:
         return held_out_metrics()
 
 
-def encode_rows(rows: list[dict[str, Any]], tokenizer: Any, max_length: int,
-                system_prompt: str | None) -> list[tuple[list[int], list[int]]]:
-    """Token ids and response-only loss masks for conversation rows."""
-    examples = []
-    for row in rows:
-        if "messages" in row:
-            where = row.get("_where")
-            messages = prompt_messages({"messages": row["messages"], "_where": where}, system_prompt)
-            examples.append(encode_conversation(tokenizer, messages, max_length, where=where))
-        else:
-            examples.append(encode_prompt_completion(tokenizer, row["prompt"], row["completion"], max_length,
-                                                     where=row.get("_where"), system_prompt=system_prompt))
-    return examples
-
-
 def collate(examples: list[Any], pad_id: int, device: torch.device, packing: bool) -> dict[str, torch.Tensor]:
     if packing:
         return collate_packed(examples, pad_id, dtype=torch.float32, device=device)
@@ -101,8 +80,8 @@ def sft_step(config: Config, model: Any, stepper: Stepper,
 def train(config: Config, *, train_rows: list[dict[str, Any]] | None = None,
           eval_rows: list[dict[str, Any]] | None = None) -> Path:
     """Run SFT; rows passed here replace the config's data. Returns the run directory."""
-    s = setup(config, "sft", "conversations", train_rows, eval_rows)
-    examples = encode_rows(s.train_rows, s.tokenizer, config.max_length, config.data.system_prompt or None)
+    s = setup(config, "sft", "conversations", train_rows, eval_rows)  # encodes (and checks) every row
+    examples = s.examples or []
     if config.packing:
         examples = pack(examples, config.max_length)
     print(f"[sft] {len(s.train_rows)} conversations -> {len(examples)} rows, {config.batch_size} rows per "
@@ -113,6 +92,6 @@ def train(config: Config, *, train_rows: list[dict[str, Any]] | None = None,
         batch = collate(order.take(config.batch_size), s.tokenizer.pad_token_id, s.device, config.packing)
         with s.run.tracker.timer("step"):
             metrics = sft_step(config, s.model, s.stepper, batch)
-        s.run.tracker.log(step, metrics)
+        s.run.tracker.log(step, {**metrics, "train/epoch": order.used / len(examples)})
         s.end_of_step(step, {"rows_used": order.used})
     return s.finish("sft", plot_keys=["train/loss", "eval/format", "eval/accuracy", "train/lr"])

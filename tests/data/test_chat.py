@@ -130,7 +130,7 @@ def test_template_that_rewrites_earlier_turns_is_refused(tokenizer: Any) -> None
 
 def test_too_long_conversation_errors_or_truncates_the_end(tokenizer: Any) -> None:
     ids, mask = encode_conversation(tokenizer, CHAT, max_length=None)
-    message = (rf"^rows\[1\]: the conversation is {len(ids)} tokens, over max_length 40 "
+    message = (rf"^rows\[1\], field 'messages': the conversation is {len(ids)} tokens, over max_length 40 "
                rf"\(raise max_length or allow truncation\) \(expected at most 40 tokens, got {len(ids)}\)")
     with pytest.raises(DataError, match=message):
         encode_conversation(tokenizer, CHAT, max_length=40, where="rows[1]")

@@ -100,7 +100,8 @@ def test_mismatched_rows_are_the_next_rows_response_after_this_rows_prompt(token
 
 def test_over_long_rows(tokenizer: Any) -> None:
     rows = [{"prompt": "q", "completion": "a long answer " * 20, "label": True, "_where": "t.jsonl:4"}]
-    with pytest.raises(DataError, match=r"t.jsonl:4: prompt \+ response is \d+ tokens, over max_length 40"):
+    with pytest.raises(DataError, match=r"t.jsonl:4, field 'completion': prompt \+ response is \d+ tokens, "
+                                        r"over max_length 40"):
         feedback.encode_feedback(tokenizer, rows, 40)
     (cut,) = feedback.encode_feedback(tokenizer, rows, 40, truncate=True)
     assert len(cut.ids) == 40 and cut.mask[-1] == 1

@@ -194,14 +194,24 @@ def test_unpaired_rows() -> None:
         load_rows([{"prompt": "q", "completion": "a", "label": 1}], "unpaired")
 
 
-def test_errors_over_many_rows_show_the_first_and_list_the_rest(tmp_path: Path) -> None:
-    lines = ['{"prompt": "ok"}'] + ['{"prompt": ""}'] * 8
+def test_errors_over_many_rows_are_all_reported_with_line_and_field(tmp_path: Path) -> None:
+    lines = ['{"prompt": "ok"}'] + ['{"prompt": ""}'] * 8 + ['{"prompt": 3}']
     path = _jsonl(tmp_path, *lines)
     with pytest.raises(DataError, match=r"d.jsonl:2, field 'prompt': empty") as info:
         load_rows(path, "prompts")
-    listed = ", ".join(f"{path}:{line}" for line in range(3, 8))
-    assert f"7 more invalid rows: {listed} and 2 more" in str(info.value)
-    assert info.value.field == "prompt" and info.value.line == 2
+    text = str(info.value)
+    assert "\n  8 more problems:\n" in text
+    for line in range(3, 10):
+        assert f"\n  - {path}:{line}, field 'prompt': empty or whitespace-only string" in text
+    assert f"\n  - {path}:10, field 'prompt': wrong type: number" in text
+    assert info.value.field == "prompt" and info.value.line == 2 and len(info.value.problems) == 9
+
+
+def test_more_than_twenty_further_problems_are_counted(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path, *['{"prompt": ""}'] * 30)
+    with pytest.raises(DataError) as info:
+        load_rows(path, "prompts")
+    assert str(info.value).count("\n  - ") == 21 and str(info.value).endswith("\n  - and 9 more")
 
 
 def test_duplicates_are_kept_and_unknown_kind_suggests() -> None:
@@ -342,3 +352,60 @@ def test_write_jsonl_failure_keeps_the_old_file(tmp_path: Path) -> None:
         write_jsonl([{"prompt": "a"}, {"prompt": "b", "x": float("nan")}], path)
     assert path.read_text() == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
+
+
+# ---------------------------------------------------------------- long data kept, ambiguous data refused
+
+
+def test_csv_cell_longer_than_pythons_default_field_limit_loads(tmp_path: Path) -> None:
+    """A long completion is valid data: Python csv refuses fields over 131,072 characters by default."""
+    import csv
+
+    long = "word " * 60_000  # 300,000 characters
+    before = csv.field_size_limit()
+    path = _write(tmp_path, "d.csv", f'prompt,completion\nq,"{long}"\nr,short\n')
+    rows = load_rows(path, "conversations")
+    assert rows[0]["completion"] == long and rows[1]["_where"] == f"{path}:3"
+    assert csv.field_size_limit() == before  # the process-wide limit is put back
+
+
+@pytest.mark.parametrize(("name", "text", "where", "key"), [
+    ("d.jsonl", '{"prompt": "ok"}\n\n{"prompt": "a", "prompt": "b"}\n', "d.jsonl:3", "prompt"),
+    ("d.jsonl", '{"messages": [{"role": "user", "content": "a", "content": "b"}]}\n', "d.jsonl:1", "content"),
+    ("d.json", '[\n  {"prompt": "ok"},\n  {"prompt": "a",\n   "prompt": "b"}\n]\n', "d.json:3", "prompt"),
+    ("d.json", '{"rows": [{"prompt": "a"}], "rows": []}', "d.json:1", "rows"),
+])
+def test_a_key_twice_in_one_object_is_refused(tmp_path: Path, name: str, text: str, where: str,
+                                              key: str) -> None:
+    path = _write(tmp_path, name, text)
+    message = (rf"{where}, field '{key}': the key '{key}' appears twice in one object: which value was meant "
+               r"is unknowable \(expected each key once per object\)")
+    with pytest.raises(DataError, match=message):
+        load_rows(path, "prompts")
+
+
+def test_a_key_twice_in_a_csv_json_cell_is_refused(tmp_path: Path) -> None:
+    cell = '"[{""role"": ""user"", ""role"": ""assistant"", ""content"": ""hi""}]"'
+    path = _write(tmp_path, "d.csv", f"messages\n{cell}\n")
+    with pytest.raises(DataError, match=r"d.csv:2, field 'messages': the key 'role' appears twice in one "
+                                        r"object of the cell"):
+        load_rows(path, "conversations")
+
+
+def test_conversation_opening_with_an_assistant_turn_is_refused() -> None:
+    def chat(*roles: str) -> dict[str, Any]:
+        return {"messages": [{"role": role, "content": f"{role} text"} for role in roles]}
+
+    message = (r"^rows\[0\], field 'messages\[{i}\].role': the conversation opens with an assistant turn, a "
+               r"reply to nothing that would be trained on \(put the user's message first; only system "
+               r"messages may come before it\) \(expected user, got 'assistant'\)")
+    with pytest.raises(DataError, match=message.format(i=0)):
+        load_rows([chat("assistant", "user", "assistant")], "conversations")
+    with pytest.raises(DataError, match=message.format(i=1)):
+        load_rows([chat("system", "assistant", "user", "assistant")], "conversations")
+    fine = [chat("system", "user", "assistant"), chat("user", "assistant")]
+    assert len(load_rows(fine, "conversations")) == 2
+    # a response given as messages starts with its assistant turn: that is its form, not an opening
+    pair = {"prompt": "q", "chosen": [{"role": "assistant", "content": "a"}], "rejected": [
+        {"role": "assistant", "content": "b"}]}
+    assert load_rows([pair], "preferences")[0]["chosen"][0]["role"] == "assistant"

@@ -11,6 +11,7 @@ import torch
 
 from posttrain.config import DataConfig
 from posttrain.data import preferences as prefs
+from posttrain.data import sources
 from posttrain.data.sources import load_split
 from posttrain.data.tasks import arithmetic
 from posttrain.errors import ConfigError, DataError
@@ -21,20 +22,20 @@ def _ranking() -> dict[str, Any]:
 
 
 def test_every_implied_pair_of_a_ranking() -> None:
-    pairs = prefs.ranking_pairs(_ranking(), "all")
+    pairs = sources.ranking_pairs(_ranking(), "all")
     assert [(p["chosen"], p["rejected"]) for p in pairs] == [("c", "a"), ("c", "b"), ("a", "b")]
     assert [p["_where"] for p in pairs] == [f"f.jsonl:3 ranks {r}" for r in ("0>1", "0>2", "1>2")]
     assert all(p["prompt"] == "q" and p["id"] == 7 and "responses" not in p for p in pairs)
 
 
 def test_adjacent_pairs_of_a_ranking() -> None:
-    pairs = prefs.rankings_to_pairs([_ranking(), {**_ranking(), "ranking": [0, 1, 2]}], "adjacent")
+    pairs = sources.rankings_to_pairs([_ranking(), {**_ranking(), "ranking": [0, 1, 2]}], "adjacent")
     assert [(p["chosen"], p["rejected"]) for p in pairs] == [("c", "a"), ("a", "b"), ("a", "b"), ("b", "c")]
 
 
 def test_unknown_pair_mode() -> None:
     with pytest.raises(ConfigError, match="ranking pairs must be one of all, adjacent; got 'best'"):
-        prefs.ranking_pairs(_ranking(), "best")
+        sources.ranking_pairs(_ranking(), "best")
 
 
 def _write(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -44,7 +45,7 @@ def _write(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 def test_rankings_file_becomes_pairs(tmp_path: Path) -> None:
     path = _write(tmp_path / "ranked.jsonl", [{k: v for k, v in _ranking().items() if k != "_where"}])
-    rows = prefs.load_pairs(DataConfig(train=str(path)), "train", 0, "adjacent")
+    rows = sources.load_pairs(DataConfig(train=str(path)), "train", 0, "adjacent")
     assert [(r["chosen"], r["rejected"], r["_where"]) for r in rows] == [
         ("c", "a", f"{path}:1 ranks 0>1"), ("a", "b", f"{path}:1 ranks 1>2")]
 
@@ -93,7 +94,8 @@ def test_collate_interleaves_chosen_and_rejected(tokenizer: Any) -> None:
 def test_over_long_pair_is_an_error_or_truncated(tokenizer: Any) -> None:
     rows = [{"prompt": "q", "chosen": "same start and then yes", "rejected": "same start and then no",
              "_where": "p.jsonl:4"}]
-    with pytest.raises(DataError, match=r"p.jsonl:4: prompt \+ response is \d+ tokens, over max_length 20"):
+    with pytest.raises(DataError, match=r"p.jsonl:4, field 'chosen': prompt \+ response is \d+ tokens, "
+                                        r"over max_length 20"):
         prefs.encode_pairs(tokenizer, rows, 20)
     full = len(prefs.encode_response(tokenizer, "q", rows[0]["chosen"], 512)[0])
     kept = prefs.encode_pairs(tokenizer, rows, full - 2, truncate=True)  # "yes"/"no" still inside

@@ -114,7 +114,8 @@ def test_data_errors_name_file_line_and_field(tiny_model_dir: str, tmp_path: Pat
     with pytest.raises(DataError, match=r"pairs.jsonl:3, field 'chosen': wrong type: number"):
         dpo.train(_config(tiny_model_dir, tmp_path, f"data.train={data}"))
     data.write_text('{"prompt": "q", "chosen": "a long answer", "rejected": "b"}\n')
-    with pytest.raises(DataError, match=r"pairs.jsonl:1: prompt \+ response is \d+ tokens, over max_length"):
+    with pytest.raises(DataError, match=r"pairs.jsonl:1, field 'chosen': prompt \+ response is \d+ tokens, "
+                                        r"over max_length"):
         dpo.train(_config(tiny_model_dir, tmp_path, f"data.train={data}", "pairs.max_length=8"))
 
 

@@ -61,18 +61,3 @@ def test_bad_data_file_is_reported_with_line(tiny_model_dir: str, tmp_path: Path
     data.write_text(good + '\n{"messages": [{"role": "user", "content": "hi"}]}\n')
     with pytest.raises(DataError, match=r"train.jsonl:2"):
         sft.train(_config(tiny_model_dir, tmp_path, f"data.train={data}"))
-
-
-def test_system_prompt_reaches_both_row_shapes(tokenizer: object) -> None:
-    """data.system_prompt goes in front of prompt/completion rows as well as messages rows, and the
-    loss stays on the response only."""
-    rows = [{"prompt": "What is 2 + 2?", "completion": "4"},
-            {"messages": [{"role": "user", "content": "What is 2 + 2?"},
-                          {"role": "assistant", "content": "4"}]}]
-    with_system = sft.encode_rows(rows, tokenizer, 256, "Answer tersely.")
-    without = sft.encode_rows(rows, tokenizer, 256, None)
-    for (ids, mask), (plain_ids, plain_mask) in zip(with_system, without):
-        assert "Answer tersely." in tokenizer.decode(ids)
-        assert "Answer tersely." not in tokenizer.decode(plain_ids)
-        assert sum(mask) == sum(plain_mask) > 0
-    assert with_system[0] == with_system[1]
