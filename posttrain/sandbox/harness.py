@@ -4,11 +4,13 @@ It is never imported by posttrain: the parent passes this file's text to `python
 the sandbox. Every untrusted line runs in a forked child; this supervisor never executes any, so
 only it can write the verdict record (see `posttrain.sandbox` for the whole design).
 
-argv: SPEC_FD SENTINEL_FD START_FD RESULT_FD. The spec (marshal, written by the trusted parent)
+argv: SPEC_FD SENTINEL_FD PROGRESS_FD RESULT_FD. The spec (marshal, written by the trusted parent)
 holds the mode ("program" | "tests" | "io"), the source, the instrumented tests, the limits and the
 per-case inputs. The sentinel is read only after every child has exited, so no untrusted process
-ever has it in memory. The record goes to RESULT_FD as `SENTINEL repr(dict)`; events from a child
-come through a pipe as lines `ok TOKEN`, `done`, `error TYPE MESSAGE`.
+ever has it in memory. PROGRESS_FD (a pipe the parent watches) gets `started`, then `run` before
+each child: the parent's own wall clock restarts there. The record goes to RESULT_FD as
+`SENTINEL repr(dict)`; events from a child come through a pipe as lines `ok TOKEN` (an assert
+held), `end TOKEN` (the test code ran to its end), `error TYPE MESSAGE`.
 """
 
 # ruff: noqa: SIM105  (contextlib costs milliseconds of imports on every sandboxed run)
@@ -16,6 +18,7 @@ come through a pipe as lines `ok TOKEN`, `done`, `error TYPE MESSAGE`.
 from __future__ import annotations
 
 import _signal
+import _thread
 import builtins
 import marshal
 import os
@@ -30,16 +33,22 @@ if TYPE_CHECKING:
     from types import CodeType
 
 _EVENT_CAP = 1 << 20  # bytes of child events read at most
+_EVENTS_FD = 3  # the child's end of the events pipe
 _SIGKILL, _SIGXFSZ = 9, 25
-_PLAIN = {int, float, complex, str, bytes, bool, type(None)}
-_CONTAINERS = {list, tuple, set, frozenset, dict}
-_exit = os._exit  # bound before any untrusted code could replace os._exit
-
-
-class SandboxViolation(BaseException):
-    """The solution tampered with the runtime or returned a non-data object to a test.
-
-    A BaseException, so a test's `except Exception` cannot swallow it."""
+# Bound before any untrusted code runs: the solution may replace the os / sys attributes.
+_exit, _write, _gettrace, _getprofile = os._exit, os.write, sys.gettrace, sys.getprofile
+_thread_count = _thread._count
+# Exact types, compared by identity (a metaclass can make `type(x) in {int}` true for any class).
+_ATOMS = {id(t) for t in (int, float, complex, str, bytes, bool, type(None), range)}
+_DICT_VIEWS = {id(type(getattr({}, view)())): view for view in ("keys", "values", "items")}
+_MUTABLE = {id(list), id(dict), id(set), id(bytearray), *_DICT_VIEWS}
+_CONTAINERS = _MUTABLE | {id(tuple), id(frozenset)}
+_CALLABLES = {id(type(len)), id(type(lambda: None))}
+_GENERATOR = type(x for x in ())
+_IMMUTABLE_TYPE, _HEAP_TYPE = 1 << 8, 1 << 9
+# What can make another frame jump (f_lineno is writable from a trace or monitoring callback):
+# gone for the tests, so the test code runs its statements in order.
+_TRACE_SETTERS = ("settrace", "setprofile", "monitoring", "_settraceallthreads", "_setprofileallthreads")
 
 
 def _read_all(fd: int) -> bytes:
@@ -77,22 +86,19 @@ def _write_files(files: dict) -> None:
 # ---------------------------------------------------------------- inside the forked child
 
 
-def _emit_to(fd: int) -> Callable[[str], None]:
-    def emit(line: str) -> None:
-        try:
-            os.write(fd, line.encode("utf-8", "replace")[:4096] + b"\n")
-        except OSError:
-            pass
-
-    return emit
+def _emit(line: str) -> None:
+    try:
+        _write(_EVENTS_FD, line.encode("utf-8", "replace")[:4096] + b"\n")
+    except OSError:
+        pass
 
 
-def _report_exception(emit: Callable[[str], None], exc: BaseException) -> None:
+def _report_exception(exc: BaseException) -> None:
     try:  # str() runs the solution's __str__, which may itself raise
         message = " ".join(str(exc).split())[:300]
     except BaseException:
         message = "(unprintable)"
-    emit(f"error {type(exc).__name__} {message}")
+    _emit(f"error {type(exc).__name__} {message}")
     try:
         import traceback
 
@@ -101,21 +107,104 @@ def _report_exception(emit: Callable[[str], None], exc: BaseException) -> None:
         pass
 
 
-def _check_plain(value: object, name: str) -> None:
-    """Results handed to the tests must be built-in data, so `==` can't be overridden."""
-    stack, seen = [value], set()
-    while stack:
-        item = stack.pop()
-        kind = type(item)
-        if kind in _PLAIN:
-            continue
-        if kind not in _CONTAINERS:
-            what = f"{name} returned a {kind.__name__} object"
-            raise SandboxViolation(f"{what}; only built-in data types are accepted")
-        if id(item) in seen:
-            continue
-        seen.add(id(item))
-        stack.extend(item.items() if kind is dict else item)
+def _violation(message: str) -> None:
+    """The solution tampered with the runtime or handed a test a non-data object: end the child.
+
+    It exits rather than raises, so no `except` in the test code can swallow it and go on to the end.
+    """
+    _emit(f"error SandboxViolation {message}")
+    try:
+        _write(2, f"SandboxViolation: {message}\n".encode("utf-8", "replace"))
+    except BaseException:
+        pass
+    _exit(1)
+
+
+def _refuse_tracing(*args: object, **kwargs: object) -> None:
+    _violation("the solution tried to install a trace, profile or monitoring hook")
+
+
+def _type_name(kind: type) -> str:
+    try:  # the descriptor of `type` itself: no metaclass code runs
+        return str.__add__("", type.__dict__["__name__"].__get__(kind))
+    except BaseException:
+        return "unknown"
+
+
+def _parts(item: object, kind: int) -> list:
+    """The objects a container holds (a dict's keys and values alternate)."""
+    if kind == id(dict) or _DICT_VIEWS.get(kind) == "items":
+        pairs = dict.items(item) if kind == id(dict) else item
+        return [part for pair in pairs for part in pair]
+    return [] if kind == id(bytearray) else list(item)
+
+
+def _walk(value: object) -> list | type:
+    """Every container in `value`, each after the immutable ones it holds; or the first foreign type.
+
+    Only built-in code runs here (exact built-in types, identity tests): nothing of the solution's.
+    Mutable containers are listed on first sight and their contents walked later, so every cycle
+    (which must pass through one) is broken by them.
+    """
+    order, seen, pending = [], set(), [value]
+    while pending:
+        stack = [(pending.pop(), False)]
+        while stack:
+            item, ready = stack.pop()
+            kind = id(type(item))
+            if ready:
+                order.append(item)
+            elif kind in _ATOMS or id(item) in seen:
+                continue
+            elif kind not in _CONTAINERS:
+                return type(item)
+            else:
+                seen.add(id(item))
+                parts = _parts(item, kind)
+                if kind in _MUTABLE:
+                    order.append(item)
+                    pending.extend(parts)
+                else:
+                    stack.append((item, True))
+                    stack.extend((part, False) for part in parts)
+    return order
+
+
+def _plain_copy(value: object, name: str) -> object:
+    """A copy of built-in data made of new objects, so the solution keeps no handle on what the
+    tests compare; anything else is a violation (an always-equal `__eq__` never reaches a test)."""
+    order = _walk(value)
+    if type(order) is not list:
+        _violation(f"{name} returned a {_type_name(order)} object; only built-in data types are accepted")
+    copies, fills = {}, []
+
+    def copy_of(item: object) -> object:
+        return item if id(type(item)) in _ATOMS else copies[id(item)]
+
+    for item in order:
+        kind = id(type(item))
+        if kind == id(bytearray):
+            copies[id(item)] = bytearray(item)
+        elif kind in _MUTABLE:
+            shell = {} if kind in _DICT_VIEWS else type(item)()
+            view = _DICT_VIEWS.get(kind)
+            copies[id(item)] = getattr(shell, view)() if view else shell
+            fills.append((item, kind, shell))
+        else:
+            copies[id(item)] = type(item)(copy_of(part) for part in _parts(item, kind))
+    for item, kind, shell in fills:
+        parts = [copy_of(part) for part in _parts(item, kind)]
+        if kind == id(list):
+            shell.extend(parts)
+        elif kind == id(set):
+            shell.update(parts)
+        elif _DICT_VIEWS.get(kind) == "keys":
+            shell.update(dict.fromkeys(parts))
+        elif _DICT_VIEWS.get(kind) == "values":
+            shell.update(enumerate(parts))
+        else:
+            shell.update(zip(parts[::2], parts[1::2]))
+    return copy_of(value)
 
 
 class _Watch:
@@ -132,35 +221,77 @@ class _Watch:
                 self.modules[name] = (module, dict(getattr(module, "__dict__", {})))
 
     def check(self) -> None:
-        if sys.gettrace() is not None or sys.getprofile() is not None:
-            raise SandboxViolation("the solution installed a trace or profile hook")
+        if _gettrace() is not None or _getprofile() is not None:
+            _violation("the solution installed a trace or profile hook")
         if _thread_count() > 0:
-            raise SandboxViolation("the solution left a thread running")
+            _violation("the solution left a thread running")
         # Identity of every name that existed before; new names can't change what tests call.
         current = builtins.__dict__
         if any(current.get(k, self) is not v for k, v in self.builtins.items()):
-            raise SandboxViolation("the solution modified builtins")
+            _violation("the solution modified builtins")
         for name, (module, snapshot) in self.modules.items():
             current = getattr(module, "__dict__", {})
             if sys.modules.get(name) is not module or any(
                 current.get(k, self) is not v for k, v in snapshot.items()
             ):
-                raise SandboxViolation(f"the solution modified module {name!r}")
+                _violation(f"the solution modified module {name!r}")
 
 
-def _thread_count() -> int:
-    import _thread
+def _is_builtin_iterator(kind: type) -> bool:
+    """A built-in iterator type (generator, map, zip, list_iterator...): next() is all it offers."""
+    if type(kind) is not type:  # a metaclass could run code on the attribute reads below
+        return False
+    flags = kind.__flags__
+    return bool(flags & _IMMUTABLE_TYPE or not flags & _HEAP_TYPE) and hasattr(kind, "__next__")
 
-    return _thread._count()
+
+def _export(value: object, name: str, watch: _Watch) -> object:
+    """What a test receives from the solution: a copy of built-in data; an iterator's items one by
+    one, each made under the guard; a callable, guarded in turn."""
+    kind = type(value)
+    if id(kind) in _CALLABLES:
+        return _guard(value, name, watch)
+    if _is_builtin_iterator(kind):
+        return _guarded_items(value, name, watch)
+    return _plain_copy(value, name)
+
+
+def _guarded_items(iterator: object, name: str, watch: _Watch) -> object:
+    """A generator over the solution's iterator (`list(countdown(3))`, `next(gen)`, `send` work)."""
+    send = iterator.send if type(iterator) is _GENERATOR else None
+    try:
+        sent = None
+        while True:
+            watch.add_new_modules()
+            try:
+                item = next(iterator) if sent is None or send is None else send(sent)
+            except StopIteration as stop:
+                return _plain_copy(stop.value, name)
+            finally:
+                watch.check()
+            sent = yield _export(item, name, watch)
+    finally:
+        # Closing runs the solution's `finally` blocks and frees its objects: under the guard too.
+        watch.add_new_modules()
+        try:
+            if send is not None:
+                iterator.close()
+            del iterator, send
+        finally:
+            watch.check()
 
 
 def _guard(function: Callable, name: str, watch: _Watch) -> Callable:
     def guarded(*args: object, **kwargs: object) -> object:
         watch.add_new_modules()
-        result = function(*args, **kwargs)
-        watch.check()
-        _check_plain(result, name)
-        return result
+        arguments_plain = type(_walk((args, kwargs))) is list
+        try:
+            result = function(*args, **kwargs)
+        finally:  # also when it raises: a test may catch the exception and go on
+            watch.check()
+            if arguments_plain and type(_walk((args, kwargs))) is not list:
+                _violation(f"{name} put a non-data object into its arguments")
+        return _export(result, name, watch)
 
     return guarded
 
@@ -173,15 +304,21 @@ def _fresh_main(name: str) -> dict:
     return module.__dict__
 
 
-def _child_tests(code: CodeType, spec: dict, emit: Callable[[str], None]) -> None:
-    """Run the solution, then the instrumented tests against it, in one namespace (HumanEval)."""
+def _child_tests(code: CodeType, spec: dict) -> None:
+    """Run the solution, then the instrumented tests against it, in one namespace (HumanEval).
+
+    The run ends with `end TOKEN` only if the test code ran to its end: an assert correctly not
+    reached (an `else:` branch, an empty loop) costs nothing, an exit or a skipped test does."""
     ok_sent = set()
 
     def ok(token: str) -> None:
         if token not in ok_sent:
             ok_sent.add(token)
-            emit("ok " + token)
+            _emit("ok " + token)
 
+    for setter in _TRACE_SETTERS:
+        if hasattr(sys, setter):
+            setattr(sys, setter, _refuse_tracing)
     watch = _Watch()
     pristine = dict(builtins.__dict__)
     known_modules = set(sys.modules)
@@ -205,7 +342,7 @@ def _child_tests(code: CodeType, spec: dict, emit: Callable[[str], None]) -> Non
             raise NameError(f"the solution does not define {entry!r}")
         test_ns["check"](test_ns.get(entry))
     watch.check()
-    emit("done")
+    _emit("end " + spec["end_token"])
 
 
 def _child_main(code: CodeType) -> None:
@@ -225,14 +362,14 @@ def _run_child(code: CodeType, spec: dict, events_w: int, stdin_fd: int | None,
         # Only the child: the supervisor must always be able to write its record.
         fsize = spec["limits"]["fsize"]
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-        for target, fd in ((0, stdin_fd), (1, stdout_fd), (3, events_w)):
+        for target, fd in ((0, stdin_fd), (1, stdout_fd), (_EVENTS_FD, events_w)):
             if fd is not None and fd != target:
                 os.dup2(fd, target)
-        os.closerange(4, 1024)
-        emit = _emit_to(3)
+        # The parent's descriptors may sit above 1024 (a busy trainer): the sentinel's among them.
+        os.closerange(_EVENTS_FD + 1, max(1024, spec["top_fd"] + 1))
         try:
             if spec["mode"] == "tests":
-                _child_tests(code, spec, emit)
+                _child_tests(code, spec)
             else:
                 _child_main(code)
             status = 0
@@ -241,9 +378,9 @@ def _run_child(code: CodeType, spec: dict, events_w: int, stdin_fd: int | None,
             status = exc.code if type(exc.code) is int else (0 if exc.code is None else 1)
             if spec["mode"] == "tests":
                 status = status or 1
-                emit("error SystemExit the solution exited before the tests finished")
+                _emit("error SystemExit the solution exited before the tests finished")
         except BaseException as exc:  # every failure is reported, none escapes
-            _report_exception(emit, exc)
+            _report_exception(exc)
         try:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -313,17 +450,17 @@ def _drain(fd: int, room: int) -> bytes:
 
 
 def _parse_events(data: bytes) -> dict:
-    oks, done, error = [], False, None
+    oks, ends, error = [], [], None
     for line in data.decode("utf-8", "replace").splitlines():
         kind, _, rest = line.partition(" ")
         if kind == "ok" and rest and len(oks) < 10000:
             oks.append(rest)
-        elif kind == "done":
-            done = True
+        elif kind == "end" and len(ends) < 16:
+            ends.append(rest)
         elif kind == "error" and error is None:
             name, _, message = rest.partition(" ")
             error = (name, message)
-    return {"ok": sorted(set(oks)), "done": done, "error": error}
+    return {"ok": sorted(set(oks)), "end": ends, "error": error}
 
 
 def _fork() -> int:
@@ -338,6 +475,8 @@ def _fork() -> int:
 
 def _one_child(code: CodeType, spec: dict, stdin_fd: int | None, stdout_fd: int | None) -> dict:
     events_r, events_w = os.pipe()
+    # The parent's wall clock restarts at this line: it holds even if the program stops us.
+    os.write(spec["progress_fd"], b"run\n")
     pid = _fork()
     if pid == 0:
         os.close(events_r)
@@ -387,15 +526,16 @@ def _compile(source: str) -> tuple[CodeType | None, dict]:
     except (SyntaxError, ValueError, RecursionError) as exc:
         record["syntax_error"] = f"{type(exc).__name__}: {exc}"
     except MemoryError:
-        failed = {"exit": 1, "signal": 0, "timeout": False, "cpu_s": 0.0, "ok": [], "done": False}
+        failed = {"exit": 1, "signal": 0, "timeout": False, "cpu_s": 0.0, "ok": [], "end": []}
         record["runs"] = [dict(failed, error=("MemoryError", "while compiling the solution"))]
     return None, record
 
 
 def main(argv: list) -> None:
-    spec_fd, sentinel_fd, start_fd, result_fd = (int(a) for a in argv)
+    spec_fd, sentinel_fd, progress_fd, result_fd = fds = [int(a) for a in argv]
     spec = marshal.loads(_read_all(spec_fd))
     os.close(spec_fd)
+    spec.update(progress_fd=progress_fd, top_fd=max(fds))
     if spec["nondumpable"]:
         # Without bwrap a /proc is visible: keep same-uid children out of /proc/<this pid>/{fd,mem}.
         import ctypes
@@ -405,8 +545,7 @@ def main(argv: list) -> None:
     _write_files(spec["files"])
     _set_limits(spec["limits"])
     # From here on a crash is the solution's doing (even compiling it could overflow the C stack).
-    os.write(start_fd, b"started\n")
-    os.close(start_fd)
+    os.write(progress_fd, b"started\n")
     try:
         code, record = _compile(spec["source"])
         if code is not None and spec["mode"] == "io":
