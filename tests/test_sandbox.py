@@ -468,6 +468,8 @@ def test_exiting_before_the_tests_fails(prefix: str) -> None:
     "import os\nos.getcwd = lambda: '/'\n",
     "import sys\nsys.settrace(lambda *a: None)\n",
     "import threading, time\nthreading.Thread(target=time.sleep, args=(3,)).start()\n",
+    "import signal\nsignal.signal(signal.SIGUSR1, lambda *a: None)\n",
+    "import sys\nsys.addaudithook(lambda *a: None)\n",
 ])  # fmt: skip
 def test_monkeypatching_the_runtime_fails(patch: str) -> None:
     result = run_tests(patch + "def add(a, b):\n    return 0\n", ADD_TESTS, "add")
@@ -544,7 +546,7 @@ FORGERIES = {
             caller.f_trace = jump
             sys.settrace(lambda *a: None)
             return Same()
-    """), ADD_TESTS, "add", "trace, profile or monitoring hook"),
+    """), ADD_TESTS, "add", "trace, profile, monitoring or audit hook"),
     "an argument filled with objects": (SAME + _src("""
         def sort_in_place(xs):
             xs[:] = [Same(), Same(), Same()]

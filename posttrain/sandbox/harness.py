@@ -46,9 +46,10 @@ _CONTAINERS = _MUTABLE | {id(tuple), id(frozenset)}
 _CALLABLES = {id(type(len)), id(type(lambda: None))}
 _GENERATOR = type(x for x in ())
 _IMMUTABLE_TYPE, _HEAP_TYPE = 1 << 8, 1 << 9
-# What can make another frame jump (f_lineno is writable from a trace or monitoring callback):
-# gone for the tests, so the test code runs its statements in order.
-_TRACE_SETTERS = ("settrace", "setprofile", "monitoring", "_settraceallthreads", "_setprofileallthreads")
+# Hooks that would run the solution's code in the middle of the test code (and a trace or
+# monitoring callback can even move a frame's f_lineno, i.e. jump over asserts): gone for the tests.
+_HOOK_SETTERS = ("settrace", "setprofile", "monitoring", "_settraceallthreads", "_setprofileallthreads",
+                 "addaudithook")  # fmt: skip
 
 
 def _read_all(fd: int) -> bytes:
@@ -120,8 +121,12 @@ def _violation(message: str) -> None:
     _exit(1)
 
 
-def _refuse_tracing(*args: object, **kwargs: object) -> None:
-    _violation("the solution tried to install a trace, profile or monitoring hook")
+def _refuse_hook(*args: object, **kwargs: object) -> None:
+    _violation("the solution tried to install a trace, profile, monitoring or audit hook")
+
+
+def _signal_handlers() -> list:
+    return [_signal.getsignal(number) for number in range(1, _signal.NSIG)]
 
 
 def _type_name(kind: type) -> str:
@@ -212,6 +217,7 @@ class _Watch:
 
     def __init__(self) -> None:
         self.builtins = dict(builtins.__dict__)
+        self.handlers = _signal_handlers()
         self.modules: dict = {}
         self.add_new_modules()
 
@@ -225,6 +231,8 @@ class _Watch:
             _violation("the solution installed a trace or profile hook")
         if _thread_count() > 0:
             _violation("the solution left a thread running")
+        if any(now is not before for now, before in zip(_signal_handlers(), self.handlers)):
+            _violation("the solution installed a signal handler")  # it would run amid the test code
         # Identity of every name that existed before; new names can't change what tests call.
         current = builtins.__dict__
         if any(current.get(k, self) is not v for k, v in self.builtins.items()):
@@ -316,9 +324,9 @@ def _child_tests(code: CodeType, spec: dict) -> None:
             ok_sent.add(token)
             _emit("ok " + token)
 
-    for setter in _TRACE_SETTERS:
+    for setter in _HOOK_SETTERS:
         if hasattr(sys, setter):
-            setattr(sys, setter, _refuse_tracing)
+            setattr(sys, setter, _refuse_hook)
     watch = _Watch()
     pristine = dict(builtins.__dict__)
     known_modules = set(sys.modules)
