@@ -6,7 +6,9 @@ POSTTRAIN_ALLOW_NO_BWRAP_TESTS=1 on a laptop without it to skip the ones that ex
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import random
 import resource
 import socket
 import textwrap
@@ -243,6 +245,28 @@ def test_iterators_ranges_views_and_functions_reach_the_tests() -> None:
         assert next(gen) == "ready" and gen.send(4) == 8 and gen.send("a") == "aa"
     """)
     result = run_tests(solution, tests, None)
+    assert result.status == "passed", result.reason
+
+
+def test_results_are_copied_with_their_shape() -> None:
+    solution = _src("""
+        def shapes():
+            row, loop = [1, 2], [0]
+            loop.append(loop)
+            return {"grid": [row, row], "loop": loop, "pair": ([3], (4, [5])), "set": {1, (2, 3)},
+                    "keys": {1: 2}.keys(), "items": {1: [2]}.items(), "values": {1: (2,)}.values(),
+                    "bytes": bytearray(b"ab"), "range": range(3), "pairs": [(i, str(i)) for i in range(3)]}
+    """)
+    tests = _src("""
+        def check(candidate):
+            got = candidate()
+            assert got["grid"] == [[1, 2], [1, 2]] and got["grid"][0] is got["grid"][1]
+            assert got["loop"][0] == 0 and got["loop"][1] is got["loop"]
+            assert got["pair"] == ([3], (4, [5])) and got["set"] == {1, (2, 3)}
+            assert got["keys"] == {1} and list(got["items"]) == [(1, [2])] and list(got["values"]) == [(2,)]
+            assert got["bytes"] == b"ab" and got["range"] == range(3) and got["pairs"][2] == (2, "2")
+    """)
+    result = run_tests(solution, tests, "shapes")
     assert result.status == "passed", result.reason
 
 
@@ -725,6 +749,48 @@ def test_instrumentation_adds_one_token_per_assert() -> None:
     source, tokens = runner.instrument_tests(ADD_TESTS, "OK")
     assert len(tokens) == 3 and len(set(tokens)) == 3
     assert all(f"OK('{t}')" in source for t in tokens)
+
+
+def _harness_module() -> object:
+    """The supervisor's code as a module (the sandbox runs it as a script), for its pure functions."""
+    spec = importlib.util.spec_from_file_location("posttrain_sandbox_harness", isolation.HARNESS_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_plain_copy_is_equal_and_shares_nothing_mutable() -> None:
+    harness, rng = _harness_module(), random.Random(0)
+
+    def build(depth: int) -> object:
+        atoms = [rng.randint(-5, 5), rng.random(), "s", b"b", None, True, range(2), 1j]
+        if depth == 0 or rng.random() < 0.3:
+            return rng.choice(atoms)
+        items = [build(depth - 1) for _ in range(rng.randint(0, 4))]
+        hashable = [rng.choice(atoms[:6]), (rng.randint(0, 3), "k")]
+        return rng.choice([items, tuple(items), {rng.randint(0, 9): v for v in items}, set(hashable),
+                           frozenset(hashable), {1: items}.items(), dict.fromkeys(hashable).keys(),
+                           bytearray(b"xy")])  # fmt: skip
+
+    def mutable_ids(value: object, found: set[int]) -> set[int]:
+        if isinstance(value, list | dict | set | bytearray):
+            found.add(id(value))
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, list | tuple | set | frozenset):
+            for item in value:
+                mutable_ids(item, found)
+        return found
+
+    for _ in range(300):
+        value = build(4)
+        copy = harness._plain_copy(value, "f")
+        assert type(copy) is type(value) and copy == value
+        assert not mutable_ids(copy, set()) & mutable_ids(value, set())
+    shared, loop = [1], [0]
+    loop.append(loop)
+    copy = harness._plain_copy({"a": shared, "b": shared, "loop": loop}, "f")
+    assert copy["a"] is copy["b"] and copy["a"] is not shared and copy["loop"][1] is copy["loop"]
 
 
 def test_seccomp_filter_shapes() -> None:

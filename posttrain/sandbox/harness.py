@@ -26,6 +26,10 @@ import resource
 import select
 import sys
 import time
+from _operator import is_ as _is
+from itertools import chain as _chain
+from itertools import compress as _compress
+from itertools import repeat as _repeat
 
 TYPE_CHECKING = False  # typing itself costs ~10 ms of imports per run
 if TYPE_CHECKING:
@@ -43,6 +47,7 @@ _ATOMS = {id(t) for t in (int, float, complex, str, bytes, bool, type(None), ran
 _DICT_VIEWS = {id(type(getattr({}, view)())): view for view in ("keys", "values", "items")}
 _MUTABLE = {id(list), id(dict), id(set), id(bytearray), *_DICT_VIEWS}
 _CONTAINERS = _MUTABLE | {id(tuple), id(frozenset)}
+_ATOMS_OR_TUPLE = _ATOMS | {id(tuple)}
 _CALLABLES = {id(type(len)), id(type(lambda: None))}
 _GENERATOR = type(x for x in ())
 _IMMUTABLE_TYPE, _HEAP_TYPE = 1 << 8, 1 << 9
@@ -136,16 +141,37 @@ def _type_name(kind: type) -> str:
         return "unknown"
 
 
-def _parts(item: object, kind: int) -> list:
-    """The objects a container holds (a dict's keys and values alternate)."""
-    if kind == id(dict) or _DICT_VIEWS.get(kind) == "items":
-        pairs = dict.items(item) if kind == id(dict) else item
-        return [part for pair in pairs for part in pair]
-    return [] if kind == id(bytearray) else list(item)
+def _parts(item: object, kind: int) -> object:
+    """The objects a container holds, iterable twice in the same order (a dict's keys and values
+    alternate); lists, tuples and sets are their own parts (nothing runs between the two passes)."""
+    if kind == id(dict):
+        return list(_chain.from_iterable(dict.items(item)))
+    if _DICT_VIEWS.get(kind) == "items":
+        return list(_chain.from_iterable(item))
+    if kind in _DICT_VIEWS:
+        return list(item)
+    return () if kind == id(bytearray) else item
+
+
+def _nested(parts: object) -> list:
+    """The parts that need a walk of their own: neither atoms nor tuples of atoms (such a tuple can
+    be shared as it is). Checked in C for the usual shapes: one atom type, or pairs of atoms."""
+    first = type(next(iter(parts), 0))
+    if id(first) in _ATOMS and all(map(_is, map(type, parts), _repeat(first))):
+        return []
+    kinds = set(map(id, map(type, parts)))
+    if kinds <= _ATOMS:
+        return []
+    if kinds <= _ATOMS_OR_TUPLE:
+        tuples = _compress(parts, map(_is, map(type, parts), _repeat(tuple)))
+        if set(map(id, map(type, _chain.from_iterable(tuples)))) <= _ATOMS:
+            return []
+    return [part for part in parts if id(type(part)) not in _ATOMS]
 
 
 def _walk(value: object) -> list | type:
-    """Every container in `value`, each after the immutable ones it holds; or the first foreign type.
+    """(container, kind, parts, flat: no part needs a copy) for every container in `value`, each
+    after the immutable ones it holds; or the first type that is not built-in data.
 
     Only built-in code runs here (exact built-in types, identity tests): nothing of the solution's.
     Mutable containers are listed on first sight and their contents walked later, so every cycle
@@ -153,12 +179,12 @@ def _walk(value: object) -> list | type:
     """
     order, seen, pending = [], set(), [value]
     while pending:
-        stack = [(pending.pop(), False)]
+        stack: list = [(pending.pop(), None)]
         while stack:
-            item, ready = stack.pop()
+            item, entry = stack.pop()
             kind = id(type(item))
-            if ready:
-                order.append(item)
+            if entry is not None:
+                order.append(entry)
             elif kind in _ATOMS or id(item) in seen:
                 continue
             elif kind not in _CONTAINERS:
@@ -166,12 +192,14 @@ def _walk(value: object) -> list | type:
             else:
                 seen.add(id(item))
                 parts = _parts(item, kind)
+                nested = _nested(parts)
+                entry = (item, kind, parts, not nested)
                 if kind in _MUTABLE:
-                    order.append(item)
-                    pending.extend(parts)
+                    order.append(entry)
+                    pending.extend(nested)
                 else:
-                    stack.append((item, True))
-                    stack.extend((part, False) for part in parts)
+                    stack.append((None, entry))
+                    stack.extend((part, None) for part in nested)
     return order
 
 
@@ -181,24 +209,22 @@ def _plain_copy(value: object, name: str) -> object:
     order = _walk(value)
     if type(order) is not list:
         _violation(f"{name} returned a {_type_name(order)} object; only built-in data types are accepted")
+    # Originals stay alive throughout, so an atom's id is never a container's: get(id, atom) is the atom.
     copies, fills = {}, []
-
-    def copy_of(item: object) -> object:
-        return item if id(type(item)) in _ATOMS else copies[id(item)]
-
-    for item in order:
-        kind = id(type(item))
+    for item, kind, parts, flat in order:
         if kind == id(bytearray):
             copies[id(item)] = bytearray(item)
         elif kind in _MUTABLE:
             shell = {} if kind in _DICT_VIEWS else type(item)()
             view = _DICT_VIEWS.get(kind)
             copies[id(item)] = getattr(shell, view)() if view else shell
-            fills.append((item, kind, shell))
+            fills.append((kind, shell, parts, flat))
+        elif flat:  # a tuple or frozenset of atoms: nothing in it can change
+            copies[id(item)] = item
         else:
-            copies[id(item)] = type(item)(copy_of(part) for part in _parts(item, kind))
-    for item, kind, shell in fills:
-        parts = [copy_of(part) for part in _parts(item, kind)]
+            copies[id(item)] = type(item)(map(copies.get, map(id, parts), parts))
+    for kind, shell, raw, flat in fills:
+        parts = raw if flat else list(map(copies.get, map(id, raw), raw))
         if kind == id(list):
             shell.extend(parts)
         elif kind == id(set):
@@ -209,7 +235,7 @@ def _plain_copy(value: object, name: str) -> object:
             shell.update(enumerate(parts))
         else:
             shell.update(zip(parts[::2], parts[1::2]))
-    return copy_of(value)
+    return copies.get(id(value), value)
 
 
 class _Watch:
