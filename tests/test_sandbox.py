@@ -6,7 +6,6 @@ POSTTRAIN_ALLOW_NO_BWRAP_TESTS=1 on a laptop without it to skip the ones that ex
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 import resource
@@ -22,6 +21,7 @@ from posttrain.sandbox import (
     Program,
     SandboxResult,
     detect_layers,
+    guard,
     isolation,
     normalise_output,
     require_isolation,
@@ -751,16 +751,8 @@ def test_instrumentation_adds_one_token_per_assert() -> None:
     assert all(f"OK('{t}')" in source for t in tokens)
 
 
-def _harness_module() -> object:
-    """The supervisor's code as a module (the sandbox runs it as a script), for its pure functions."""
-    spec = importlib.util.spec_from_file_location("posttrain_sandbox_harness", isolation.HARNESS_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_plain_copy_is_equal_and_shares_nothing_mutable() -> None:
-    harness, rng = _harness_module(), random.Random(0)
+    rng = random.Random(0)
 
     def build(depth: int) -> object:
         atoms = [rng.randint(-5, 5), rng.random(), "s", b"b", None, True, range(2), 1j]
@@ -784,12 +776,12 @@ def test_plain_copy_is_equal_and_shares_nothing_mutable() -> None:
 
     for _ in range(300):
         value = build(4)
-        copy = harness._plain_copy(value, "f")
+        copy = guard._plain_copy(value, "f")
         assert type(copy) is type(value) and copy == value
         assert not mutable_ids(copy, set()) & mutable_ids(value, set())
     shared, loop = [1], [0]
     loop.append(loop)
-    copy = harness._plain_copy({"a": shared, "b": shared, "loop": loop}, "f")
+    copy = guard._plain_copy({"a": shared, "b": shared, "loop": loop}, "f")
     assert copy["a"] is copy["b"] and copy["a"] is not shared and copy["loop"][1] is copy["loop"]
 
 

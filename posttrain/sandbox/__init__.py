@@ -34,7 +34,7 @@ call) or POSTTRAIN_SANDBOX=unsafe-no-isolation accepts whatever exists; `require
 -y bubblewrap` (util-linux and python3-minimal are).
 
 Verdicts. Inside the sandbox a supervisor (harness.py) runs every untrusted line in a forked
-child and alone writes the record; the parent takes the status from that record only, never from
+child (its code around the solution: guard.py) and alone writes the record; the parent takes the status from that record only, never from
 an exit code or from what the program printed:
 - the record must carry a random per-run sentinel, read by the supervisor only after every
   untrusted process has exited (and nothing untrusted can reach its memory: no /proc, ptrace

@@ -45,8 +45,9 @@ _INSTALL = {
     "unshare": "unshare is needed for the fallback: apt-get install -y util-linux",
     "rlimits": "resource limits are always available",
 }
-HARNESS_PATH = Path(__file__).parent / "harness.py"
-_HARNESS = HARNESS_PATH.read_text(encoding="utf-8")
+_HARNESS = (Path(__file__).parent / "harness.py").read_text(encoding="utf-8")
+GUARD_SOURCE = (Path(__file__).parent / "guard.py").read_text(encoding="utf-8")
+"""The forked child's code (`posttrain.sandbox.guard`), sent to the supervisor in every spec."""
 STARTUP_S = 10.0
 """Seconds the supervisor may take to start (bwrap, python) on a crowded machine: infrastructure."""
 KILL_MARGIN_S = 0.5
