@@ -494,6 +494,8 @@ def test_exiting_before_the_tests_fails(prefix: str) -> None:
     "import threading, time\nthreading.Thread(target=time.sleep, args=(3,)).start()\n",
     "import signal\nsignal.signal(signal.SIGUSR1, lambda *a: None)\n",
     "import sys\nsys.addaudithook(lambda *a: None)\n",
+    "import os\nos.path.join.__code__ = (lambda *a: '').__code__\n",
+    "import os\nos._Environ.__repr__ = lambda self: ''\n",
 ])  # fmt: skip
 def test_monkeypatching_the_runtime_fails(patch: str) -> None:
     result = run_tests(patch + "def add(a, b):\n    return 0\n", ADD_TESTS, "add")
@@ -539,7 +541,7 @@ def test_always_equal_object_fails() -> None:
 
 
 SAME = "class Same:\n    def __eq__(self, other):\n        return True\n"
-# Each of the first four passed on the old harness: a non-data object reached a test's `==`.
+# Each of the first four, and the two module ones, passed on the old harness.
 FORGERIES = {
     "a metaclass lying to the type check": (_src("""
         class Meta(type):
@@ -599,6 +601,25 @@ FORGERIES = {
             builtins.len = lambda x: 1
             yield 0
     """), "def check(candidate):\n    assert len(list(candidate(1, 2))) == 1\n", "add", "modified builtins"),
+    "a module the solution imported": ("import math\nmath.isclose = lambda *a, **k: True\n"
+                                       "def area(r):\n    return 0.0\n",
+                                       "def check(f):\n    assert math.isclose(f(1.0), 3.14159)\n",
+                                       "area", "AssertionError"),
+    "a fake module on sys.path": (_src("""
+        import sys
+        with open("/tmp/fractions.py", "w") as fake:
+            fake.write("class S:\\n    def __eq__(self, other):\\n        return True\\n"
+                       "def __getattr__(name):\\n    return lambda *a, **k: S()\\n")
+        sys.path.insert(0, "/tmp")
+        def add(a, b):
+            return 0
+    """), _src("""
+        def check(candidate):
+            import fractions
+            assert candidate(1, 2) == fractions.Fraction(3)
+    """), "add", "AssertionError"),
+    "an import path changed in a call": ("import sys\ndef add(a, b):\n    sys.path.insert(0, '/tmp')\n"
+                                         "    return a + b\n", ADD_TESTS, "add", "how modules are imported"),
     "a violation swallowed by the test": (SAME + "def add(a, b):\n    return Same()\n", _src("""
         def check(candidate):
             try:

@@ -34,8 +34,8 @@ call) or POSTTRAIN_SANDBOX=unsafe-no-isolation accepts whatever exists; `require
 -y bubblewrap` (util-linux and python3-minimal are).
 
 Verdicts. Inside the sandbox a supervisor (harness.py) runs every untrusted line in a forked
-child (its code around the solution: guard.py) and alone writes the record; the parent takes the status from that record only, never from
-an exit code or from what the program printed:
+child (its code around the solution: guard.py) and alone writes the record; the parent takes the
+status from that record only, never from an exit code or from what the program printed:
 - the record must carry a random per-run sentinel, read by the supervisor only after every
   untrusted process has exited (and nothing untrusted can reach its memory: no /proc, ptrace
   denied), on a file descriptor no untrusted process holds (the child closes every descriptor
@@ -50,9 +50,11 @@ an exit code or from what the program printed:
   `sys.monitoring` are taken away before the solution runs (a trace callback can move another
   frame's `f_lineno`, i.e. jump over asserts or over the checks below);
 - the tests run with a copy of the builtins taken before the solution ran, modules the solution
-  imported are re-imported fresh for the tests, and changes to builtins / pre-loaded modules,
-  trace hooks and stray threads end the run at once (checked after every call into the
-  solution, even one that raised; a test's `except` cannot swallow it);
+  imported (its `import math` included) are re-imported fresh for the tests through an import
+  system reset to its state before the solution ran, and changes to builtins, to pre-loaded
+  modules (their names, their functions' code and defaults, their classes' attributes), to the
+  import system, trace hooks, signal handlers and stray threads end the run at once (checked
+  after every call into the solution, even one that raised; a test's `except` cannot swallow it);
 - what a solution function hands the tests is built-in data, COPIED (int, float, str, bytes,
   range, list, tuple, dict, set, dict views...; exact types, checked by identity), so an object
   whose `__eq__` is always True never reaches `assert candidate(x) == y`, and the solution keeps

@@ -16,6 +16,7 @@ import builtins
 import os
 import sys
 from _operator import is_ as _is
+from abc import ABCMeta
 from itertools import chain as _chain
 from itertools import compress as _compress
 from itertools import repeat as _repeat
@@ -38,6 +39,8 @@ _CONTAINERS = _MUTABLE | {id(tuple), id(frozenset)}
 _ATOMS_OR_TUPLE = _ATOMS | {id(tuple)}
 _CALLABLES = {id(type(len)), id(type(lambda: None))}
 _GENERATOR = type(x for x in ())
+_FUNCTION = type(lambda: None)
+_CLASS_KINDS = {id(type), id(ABCMeta)}  # metaclasses whose attribute reads run no one else's code
 _IMMUTABLE_TYPE, _HEAP_TYPE = 1 << 8, 1 << 9
 # Hooks that would run the solution's code in the middle of the test code (and a trace or
 # monitoring callback can even move a frame's f_lineno, i.e. jump over asserts): gone for the tests.
@@ -191,19 +194,46 @@ def _plain_copy(value: object, name: str) -> object:
     return copies.get(id(value), value)
 
 
+def _internals(namespace: dict, module_name: object) -> list:
+    """What the module's functions and classes do, beyond its names: each function's code and
+    defaults, each of its own classes' attributes (`f.__code__ = ...` leaves `module.f` the same)."""
+    found = []
+    for value in list(namespace.values()):
+        if id(type(value)) in _CLASS_KINDS and value.__dict__.get("__module__") is module_name:
+            found += [value, *value.__dict__.values()]
+            found += [part for item in value.__dict__.values() for part in _function_parts(item)]
+        else:
+            found += _function_parts(value)
+    return found
+
+
+def _function_parts(value: object) -> list:
+    inner = value.__func__ if type(value) in (classmethod, staticmethod) else value
+    return [inner.__code__, inner.__defaults__, inner.__kwdefaults__] if type(inner) is _FUNCTION else []
+
+
 class _Watch:
-    """Snapshots of builtins and loaded modules, checked after the solution and every call."""
+    """Snapshots of builtins, loaded modules and the import system, checked after the solution and
+    every call; the import system is also reset before the tests import anything."""
 
     def __init__(self) -> None:
         self.builtins = dict(builtins.__dict__)
         self.handlers = _signal_handlers()
+        self.imports = (list(sys.path), list(sys.meta_path), list(sys.path_hooks))
         self.modules: dict = {}
         self.add_new_modules()
 
     def add_new_modules(self) -> None:
         for name, module in list(sys.modules.items()):
             if name not in self.modules and name not in ("__main__", "sys"):
-                self.modules[name] = (module, dict(getattr(module, "__dict__", {})))
+                names = dict(getattr(module, "__dict__", {}))
+                self.modules[name] = (module, names, _internals(names, names.get("__name__")))
+
+    def reset_imports(self) -> None:
+        """The solution's sys.path, finders and cached finders are gone: the tests import genuine modules."""
+        path, meta_path, path_hooks = self.imports
+        sys.path, sys.meta_path, sys.path_hooks = list(path), list(meta_path), list(path_hooks)
+        sys.path_importer_cache = {}
 
     def check(self) -> None:
         if _gettrace() is not None or _getprofile() is not None:
@@ -216,12 +246,19 @@ class _Watch:
         current = builtins.__dict__
         if any(current.get(k, self) is not v for k, v in self.builtins.items()):
             _violation("the solution modified builtins")
-        for name, (module, snapshot) in self.modules.items():
+        for name, (module, snapshot, internals) in self.modules.items():
             current = getattr(module, "__dict__", {})
             if sys.modules.get(name) is not module or any(
                 current.get(k, self) is not v for k, v in snapshot.items()
             ):
                 _violation(f"the solution modified module {name!r}")
+            now = _internals(snapshot, snapshot.get("__name__"))
+            if len(now) != len(internals) or not all(map(_is, now, internals)):
+                _violation(f"the solution modified a function or class of module {name!r}")
+        path, meta_path, path_hooks = self.imports
+        for now, before in ((sys.path, path), (sys.meta_path, meta_path), (sys.path_hooks, path_hooks)):
+            if type(now) is not list or len(now) != len(before) or not all(map(_is, now, before)):
+                _violation("the solution changed how modules are imported")
 
 
 def _is_builtin_iterator(kind: type) -> bool:
@@ -291,6 +328,18 @@ def _fresh_main(name: str) -> dict:
     return module.__dict__
 
 
+def _fresh_import(module: object) -> object:
+    """The genuine module a solution's module object stands for (imported anew: the solution's
+    copy left sys.modules), or a name error for the tests if it has no importable name."""
+    name = type(sys).__dict__["__dict__"].__get__(module).get("__name__")
+    if type(name) is not str:
+        return None
+    try:
+        return __import__(name, fromlist=["__name__"])
+    except Exception:  # a module the solution built itself: the tests get nothing under that name
+        return None
+
+
 def child_tests(code: CodeType, spec: dict) -> None:
     """Run the solution, then the instrumented tests against it, in one namespace (HumanEval).
 
@@ -311,15 +360,18 @@ def child_tests(code: CodeType, spec: dict) -> None:
     known_modules = set(sys.modules)
     namespace = _fresh_main("__solution__")
     exec(code, namespace)
-    watch.check()
     # Modules the solution imported are dropped so the tests import fresh, unpatched copies.
     for name in [n for n in sys.modules if n not in known_modules]:
         del sys.modules[name]
+    watch.reset_imports()
+    watch.check()
     tests = compile(spec["tests"], "<tests>", "exec", dont_inherit=True, optimize=0)
     test_ns = dict(namespace)
     for name, value in namespace.items():
-        if type(value) is type(_guard) and value.__globals__ is namespace:
+        if type(value) is _FUNCTION and value.__globals__ is namespace:
             test_ns[name] = _guard(value, name, watch)
+        elif issubclass(type(value), type(sys)):  # `import math` in the prompt: a fresh one
+            test_ns[name] = _fresh_import(value)
     test_ns["__builtins__"] = pristine
     test_ns[spec["ok_name"]] = ok
     exec(tests, test_ns)
