@@ -330,7 +330,7 @@ def _fresh_main(name: str) -> dict:
 
 def _fresh_import(module: object) -> object:
     """The genuine module a solution's module object stands for (imported anew: the solution's
-    copy left sys.modules), or a name error for the tests if it has no importable name."""
+    copy left sys.modules), or None when its name imports nothing."""
     name = type(sys).__dict__["__dict__"].__get__(module).get("__name__")
     if type(name) is not str:
         return None
