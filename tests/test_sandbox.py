@@ -7,6 +7,7 @@ POSTTRAIN_ALLOW_NO_BWRAP_TESTS=1 on a laptop without it to skip the ones that ex
 from __future__ import annotations
 
 import os
+import random
 import resource
 import socket
 import textwrap
@@ -20,6 +21,7 @@ from posttrain.sandbox import (
     Program,
     SandboxResult,
     detect_layers,
+    guard,
     isolation,
     normalise_output,
     require_isolation,
@@ -140,6 +142,132 @@ def test_run_many_keeps_order_and_mixes_jobs() -> None:
     results = run_many(jobs, TIGHT, max_workers=2)
     assert [r.status for r in results] == ["passed", "passed", "runtime_error", "passed"]
     assert results[0].stdout == "a\n" and results[2].reason == "ValueError: x"
+
+
+# ---------------------------------------------------------------- correct programs the rules must not fail
+
+ROOT = "def root(x):\n    if x < 0:\n        raise ValueError(x)\n    return int(x ** 0.5)\n"
+UNREACHED_ASSERTS = {
+    "else of a try": """
+        def check(candidate):
+            assert candidate(16) == 4
+            try:
+                candidate(-1)
+            except ValueError:
+                pass
+            else:
+                assert False, "no ValueError"
+    """,
+    "loop over nothing": """
+        def check(candidate):
+            assert candidate(9) == 3
+            for x in []:
+                assert candidate(x) == x
+    """,
+    "if not taken": """
+        def check(candidate):
+            if candidate(0) != 0:
+                assert False
+            assert candidate(4) == 2
+    """,
+    "helper per case": """
+        def same(got, want):
+            assert got == want, (got, want)
+        def unused(x):
+            assert x
+        def check(candidate):
+            for x, want in [(1, 1), (4, 2), (9, 3)]:
+                same(candidate(x), want)
+    """,
+}
+
+
+@pytest.mark.parametrize("name", UNREACHED_ASSERTS)
+def test_asserts_correctly_not_reached_do_not_fail(name: str) -> None:
+    tests = _src(UNREACHED_ASSERTS[name])
+    result = run_tests(ROOT, tests, "root")
+    assert result.status == "passed", result.reason
+    assert 0 < result.passed_tests < result.total_tests  # the ones that ran and held, of all
+    wrong = run_tests("def root(x):\n    return x // 4\n", tests, "root")
+    assert wrong.status == "wrong" and wrong.reason.startswith("AssertionError")
+
+
+def test_mbpp_shape_with_an_assert_not_reached() -> None:
+    tests = "assert root(4) == 2\nif root(0):\n    assert False, 'root(0) is 0'\n"
+    assert run_tests(ROOT, tests, None).status == "passed"
+    assert run_tests("def root(x):\n    return 2\n", tests, None).status == "wrong"
+
+
+def test_generators_reach_the_tests() -> None:
+    countdown = "def countdown(n):\n    while n > 0:\n        yield n\n        n -= 1\n"
+    tests = _src("""
+        def check(candidate):
+            import types
+            assert list(candidate(3)) == [3, 2, 1] and list(candidate(0)) == []
+            gen = candidate(2)
+            assert isinstance(gen, types.GeneratorType) and next(gen) == 2 and next(gen) == 1
+            assert sum(candidate(4)) == 10 and [x for x in candidate(1)] == [1]
+    """)
+    assert run_tests(countdown, tests, "countdown").status == "passed"
+    assert run_tests(countdown.replace("n -= 1", "n -= 2"), tests, "countdown").status == "wrong"
+
+
+def test_iterators_ranges_views_and_functions_reach_the_tests() -> None:
+    solution = _src("""
+        def evens(n):
+            return filter(lambda x: x % 2 == 0, range(n))
+        def squares(n):
+            return map(lambda x: x * x, range(n))
+        def span(n):
+            return range(n)
+        def letters(word):
+            return {c: word.count(c) for c in word}.keys()
+        def adder(k):
+            return lambda x: x + k
+        def naturals():
+            n = 0
+            while True:
+                yield n
+                n += 1
+        def echo():
+            got = yield "ready"
+            while True:
+                got = yield got * 2
+    """)
+    tests = _src("""
+        import itertools
+        assert list(evens(7)) == [0, 2, 4, 6] and list(squares(3)) == [0, 1, 4]
+        assert span(3) == range(3) and list(span(2)) == [0, 1]
+        assert sorted(letters("abca")) == ["a", "b", "c"] and letters("ab") == {"a", "b"}
+        assert adder(2)(3) == 5
+        assert list(itertools.islice(naturals(), 4)) == [0, 1, 2, 3]
+        gen = echo()
+        assert next(gen) == "ready" and gen.send(4) == 8 and gen.send("a") == "aa"
+    """)
+    result = run_tests(solution, tests, None)
+    assert result.status == "passed", result.reason
+
+
+def test_results_are_copied_with_their_shape() -> None:
+    solution = _src("""
+        def shapes():
+            row, loop = [1, 2], [0]
+            loop.append(loop)
+            return {"grid": [row, row], "loop": loop, "pair": ([3], (4, [5])), "set": {1, (2, 3)},
+                    "keys": {1: 2}.keys(), "items": {1: [2]}.items(), "values": {1: (2,)}.values(),
+                    "bytes": bytearray(b"ab"), "range": range(3), "pairs": [(i, str(i)) for i in range(3)]}
+    """)
+    tests = _src("""
+        def check(candidate):
+            got = candidate()
+            assert got["grid"] == [[1, 2], [1, 2]] and got["grid"][0] is got["grid"][1]
+            assert got["loop"][0] == 0 and got["loop"][1] is got["loop"]
+            assert got["pair"] == ([3], (4, [5])) and got["set"] == {1, (2, 3)}
+            assert got["keys"] == {1} and list(got["items"]) == [(1, [2])] and list(got["values"]) == [(2,)]
+            assert got["bytes"] == b"ab" and got["range"] == range(3) and got["pairs"][2] == (2, "2")
+    """)
+    result = run_tests(solution, tests, "shapes")
+    assert result.status == "passed", result.reason
 
 
 # ---------------------------------------------------------------- resource attacks
@@ -313,6 +441,38 @@ def test_killing_its_parent() -> None:
     assert run_tests(attack, ADD_TESTS, "add").status == "runtime_error"
 
 
+STOPS = {"its parent": "os.kill(os.getppid(), signal.SIGSTOP)",
+         "every process": "os.kill(-1, signal.SIGSTOP)"}  # fmt: skip
+
+
+@pytest.mark.parametrize("how", STOPS)
+def test_stopping_the_supervisor_cannot_stretch_the_wall_clock(how: str) -> None:
+    stop = f"import os, signal\n{STOPS[how]}\n"
+    limits = Limits(wall_s=2)
+    results = [run_tests(stop + ADD_OK, ADD_TESTS, "add", limits), run_program(stop, limits=limits),
+               run_io_cases(stop, [("", "1")] * 3, limits)]  # fmt: skip
+    for result in results:
+        # The parent kills 0.5 s after the clock; the rest is start-up on a crowded machine.
+        assert result.status == "timeout" and "2 s wall-clock" in result.reason
+        assert result.duration_s < limits.wall_s + 1.5, result.duration_s
+
+
+def test_descriptors_of_the_parent_above_1024_stay_out() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1300:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < 1300: the parent cannot hold fds above 1024")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1300), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]  # the sandbox's files land above
+    try:
+        probe = "import os\nfound = []\nfor fd in range(4096):\n    try:\n        os.fstat(fd)\n" \
+                "        found.append(fd)\n    except OSError:\n        pass\nprint(found)\n"  # fmt: skip
+        assert run_program(probe).stdout == "[0, 1, 2, 3]\n"  # stdio and the events pipe only
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 # ---------------------------------------------------------------- verdict forgery
 
 
@@ -332,6 +492,10 @@ def test_exiting_before_the_tests_fails(prefix: str) -> None:
     "import os\nos.getcwd = lambda: '/'\n",
     "import sys\nsys.settrace(lambda *a: None)\n",
     "import threading, time\nthreading.Thread(target=time.sleep, args=(3,)).start()\n",
+    "import signal\nsignal.signal(signal.SIGUSR1, lambda *a: None)\n",
+    "import sys\nsys.addaudithook(lambda *a: None)\n",
+    "import os\nos.path.join.__code__ = (lambda *a: '').__code__\n",
+    "import os\nos._Environ.__repr__ = lambda self: ''\n",
 ])  # fmt: skip
 def test_monkeypatching_the_runtime_fails(patch: str) -> None:
     result = run_tests(patch + "def add(a, b):\n    return 0\n", ADD_TESTS, "add")
@@ -376,6 +540,103 @@ def test_always_equal_object_fails() -> None:
     assert result.status == "wrong" and "returned a Same object" in result.reason
 
 
+SAME = "class Same:\n    def __eq__(self, other):\n        return True\n"
+# Each of the first four, and the two module ones, passed on the old harness.
+FORGERIES = {
+    "a metaclass lying to the type check": (_src("""
+        class Meta(type):
+            def __hash__(cls):
+                return hash(int)
+            def __eq__(cls, other):
+                return True
+        class Same(metaclass=Meta):
+            def __eq__(self, other):
+                return True
+        def add(a, b):
+            return Same()
+    """), ADD_TESTS, "add", "returned a Same object"),
+    "a trace hook jumping over the guard": (_src("""
+        import sys
+        class Same:
+            def __eq__(self, other):
+                return True
+        def add(a, b):
+            caller = sys._getframe(1)
+            end = max(line for _, _, line in caller.f_code.co_lines() if line)
+            def jump(frame, event, arg):
+                if frame is caller and event == "line":
+                    frame.f_lineno = end
+                    frame.f_trace = None
+                    sys.settrace(None)
+                return jump
+            caller.f_trace = jump
+            sys.settrace(lambda *a: None)
+            return Same()
+    """), ADD_TESTS, "add", "trace, profile, monitoring or audit hook"),
+    "an argument filled with objects": (SAME + _src("""
+        def sort_in_place(xs):
+            xs[:] = [Same(), Same(), Same()]
+    """), "def check(candidate):\n    xs = [3, 1, 2]\n    candidate(xs)\n    assert xs == [1, 2, 3]\n",
+        "sort_in_place", "into its arguments"),
+    "earlier results rewritten later": (SAME + _src("""
+        kept = []
+        def square(x):
+            for out in kept:
+                out[0] = Same()
+            kept.append([0])
+            return kept[-1]
+    """), _src("""
+        def check(candidate):
+            results = [candidate(x) for x in (1, 2, 3)]
+            candidate(0)
+            assert results == [[1], [4], [9]]
+    """), "square", "AssertionError"),
+    "a generator yielding objects": (SAME + "def add(a, b):\n    yield Same()\n",
+                                     "def check(candidate):\n    assert list(candidate(1, 2)) == [3]\n",
+                                     "add", "returned a Same object"),
+    "a generator patching between items": (_src("""
+        import builtins
+        def add(a, b):
+            yield a + b
+            builtins.len = lambda x: 1
+            yield 0
+    """), "def check(candidate):\n    assert len(list(candidate(1, 2))) == 1\n", "add", "modified builtins"),
+    "a module the solution imported": ("import math\nmath.isclose = lambda *a, **k: True\n"
+                                       "def area(r):\n    return 0.0\n",
+                                       "def check(f):\n    assert math.isclose(f(1.0), 3.14159)\n",
+                                       "area", "AssertionError"),
+    "a fake module on sys.path": (_src("""
+        import sys
+        with open("/tmp/fractions.py", "w") as fake:
+            fake.write("class S:\\n    def __eq__(self, other):\\n        return True\\n"
+                       "def __getattr__(name):\\n    return lambda *a, **k: S()\\n")
+        sys.path.insert(0, "/tmp")
+        def add(a, b):
+            return 0
+    """), _src("""
+        def check(candidate):
+            import fractions
+            assert candidate(1, 2) == fractions.Fraction(3)
+    """), "add", "AssertionError"),
+    "an import path changed in a call": ("import sys\ndef add(a, b):\n    sys.path.insert(0, '/tmp')\n"
+                                         "    return a + b\n", ADD_TESTS, "add", "how modules are imported"),
+    "a violation swallowed by the test": (SAME + "def add(a, b):\n    return Same()\n", _src("""
+        def check(candidate):
+            try:
+                assert candidate(1, 2) == 3
+            except BaseException:
+                pass
+    """), "add", "returned a Same object"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", FORGERIES)
+def test_non_data_never_reaches_a_comparison(name: str) -> None:
+    solution, tests, entry, reason = FORGERIES[name]
+    result = run_tests(solution, tests, entry)
+    assert result.status == "wrong" and reason in result.reason, result.reason
+
+
 def test_patched_module_is_reimported_fresh_for_the_tests() -> None:
     source = "import math\nmath.isclose = lambda *a, **k: True\ndef area(r):\n    return 0.0\n"
     tests = _src("""
@@ -392,6 +653,7 @@ def test_forged_verdict_lines_fail() -> None:
     forge = _src("""
         import os
         fake = b"ok 0123456789abcdef\\nok 1123456789abcdef\\nok 2123456789abcdef\\ndone\\n"
+        fake += b"end " + b"0" * 32 + b"\\n"
         fake += b"0" * 32 + b" {'runs': [], 'syntax_error': None}\\n"
         for fd in range(64):
             try:
@@ -508,6 +770,40 @@ def test_instrumentation_adds_one_token_per_assert() -> None:
     source, tokens = runner.instrument_tests(ADD_TESTS, "OK")
     assert len(tokens) == 3 and len(set(tokens)) == 3
     assert all(f"OK('{t}')" in source for t in tokens)
+
+
+def test_plain_copy_is_equal_and_shares_nothing_mutable() -> None:
+    rng = random.Random(0)
+
+    def build(depth: int) -> object:
+        atoms = [rng.randint(-5, 5), rng.random(), "s", b"b", None, True, range(2), 1j]
+        if depth == 0 or rng.random() < 0.3:
+            return rng.choice(atoms)
+        items = [build(depth - 1) for _ in range(rng.randint(0, 4))]
+        hashable = [rng.choice(atoms[:6]), (rng.randint(0, 3), "k")]
+        return rng.choice([items, tuple(items), {rng.randint(0, 9): v for v in items}, set(hashable),
+                           frozenset(hashable), {1: items}.items(), dict.fromkeys(hashable).keys(),
+                           bytearray(b"xy")])  # fmt: skip
+
+    def mutable_ids(value: object, found: set[int]) -> set[int]:
+        if isinstance(value, list | dict | set | bytearray):
+            found.add(id(value))
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, list | tuple | set | frozenset):
+            for item in value:
+                mutable_ids(item, found)
+        return found
+
+    for _ in range(300):
+        value = build(4)
+        copy = guard._plain_copy(value, "f")
+        assert type(copy) is type(value) and copy == value
+        assert not mutable_ids(copy, set()) & mutable_ids(value, set())
+    shared, loop = [1], [0]
+    loop.append(loop)
+    copy = guard._plain_copy({"a": shared, "b": shared, "loop": loop}, "f")
+    assert copy["a"] is copy["b"] and copy["a"] is not shared and copy["loop"][1] is copy["loop"]
 
 
 def test_seccomp_filter_shapes() -> None:

@@ -2,7 +2,9 @@
 
 `code_tests_reward` takes TRL's signature, reads a `tests` column (HumanEval `check(candidate)`
 code, or MBPP-style top-level asserts) and an optional `entry_point` column, and returns 1.0 when
-every assert passed, 0.0 for any failure of the program (wrong, timeout, memory, crash, syntax)
+the tests ran to their end with every assert they reached holding (one they correctly never reach,
+such as the `else:` of a `try`, costs nothing), 0.0 for any failure of the program (wrong,
+timeout, memory, crash, syntax)
 and None when the sandbox itself failed (the reason is logged and counted in NONE_REASONS), so a
 broken sandbox never looks like wrong answers. Register it as "code_tests".
 

@@ -22,8 +22,10 @@ Layers (the ones in force are listed in every `SandboxResult.layers`):
   process tree (RLIMIT_AS is per process) and counts OOM kills.
 - "unshare": fallback without bwrap (root only): net, pid, ipc, uts, mount namespaces, but the
   host filesystem stays visible (read and, where the sandbox uid may, write).
-Plus always: a wall clock in the supervisor and in the parent, killing whole process trees, and
-stdout/stderr written to size-capped files (never read whole into the parent).
+Plus always: a wall clock in the supervisor and one in the parent (restarted at each program the
+supervisor reports, so a program that stops its supervisor still ends about `wall_s` + 0.5 s
+after it started), killing whole process trees, and stdout/stderr written to size-capped files
+(never read whole into the parent).
 
 Policy: bwrap and, as root, the uid drop are REQUIRED. Missing ones raise SandboxError with the
 apt-get command; `require_isolation()` checks this before generation starts. `require=()` (any
@@ -32,33 +34,51 @@ call) or POSTTRAIN_SANDBOX=unsafe-no-isolation accepts whatever exists; `require
 -y bubblewrap` (util-linux and python3-minimal are).
 
 Verdicts. Inside the sandbox a supervisor (harness.py) runs every untrusted line in a forked
-child and alone writes the record; the parent takes the status from that record only, never from
-an exit code or from what the program printed:
+child (its code around the solution: guard.py) and alone writes the record; the parent takes the
+status from that record only, never from an exit code or from what the program printed:
 - the record must carry a random per-run sentinel, read by the supervisor only after every
   untrusted process has exited (and nothing untrusted can reach its memory: no /proc, ptrace
-  denied), on a file descriptor no untrusted process holds;
-- each assert of the test code is followed (AST rewrite in the parent) by a call reporting a
-  random per-assert token; "passed" needs the child's "done" plus EXACTLY the issued tokens.
-  Exiting early (`sys.exit(0)`, `os._exit(0)`), killing the supervisor, printing or writing a
-  fake record anywhere, or reporting unknown tokens all end as failures;
+  denied), on a file descriptor no untrusted process holds (the child closes every descriptor
+  past its pipes, however high the parent's numbers run);
+- "passed" needs the test code to run to its end: the supervisor's child reports a random end
+  token after the last statement (and `check(entry_point)`) returned, with no error. An assert
+  correctly never reached (`else:` of a `try`, a loop over nothing, an untaken `if`) costs
+  nothing; exiting early (`sys.exit(0)`, `os._exit(0)`), killing the supervisor, printing or
+  writing a fake record anywhere, or reporting unknown tokens all end as failures. Each assert
+  also reports a random token, counted in `passed_tests` (asserts that ran and held);
+- the test code runs its statements in order: `sys.settrace`, `sys.setprofile` and
+  `sys.monitoring` are taken away before the solution runs (a trace callback can move another
+  frame's `f_lineno`, i.e. jump over asserts or over the checks below);
 - the tests run with a copy of the builtins taken before the solution ran, modules the solution
-  imported are re-imported fresh for the tests, changes to builtins / pre-loaded modules, trace
-  hooks and stray threads fail the run, and every value a solution function returns to the tests
-  must be built-in data (int, float, str, list, dict...), so an object whose `__eq__` is always
-  True cannot satisfy `assert candidate(x) == y`;
+  imported (its `import math` included) are re-imported fresh for the tests through an import
+  system reset to its state before the solution ran, and changes to builtins, to pre-loaded
+  modules (their names, their functions' code and defaults, their classes' attributes), to the
+  import system, trace hooks, signal handlers and stray threads end the run at once (checked
+  after every call into the solution, even one that raised; a test's `except` cannot swallow it);
+- what a solution function hands the tests is built-in data, COPIED (int, float, str, bytes,
+  range, list, tuple, dict, set, dict views...; exact types, checked by identity), so an object
+  whose `__eq__` is always True never reaches `assert candidate(x) == y`, and the solution keeps
+  no handle to rewrite a result after the check; arguments it fills with other objects fail the
+  run. A generator or built-in iterator (map, filter, zip...) reaches the tests as a generator
+  whose every item is produced under the same checks and copied (`list(countdown(3))`, `next`,
+  `send` work); a returned function is guarded like the solution's own;
 - stdin/stdout cases run one fresh child each; the supervisor hashes the whitespace-normalised
   output and the parent compares with the expected hash: expected outputs never enter the
   sandbox;
 - "no verdict" is never a pass; a sandbox that fails to start is "sandbox_error" (reward None).
 
 What is NOT protected (read before trusting a reward):
+- "passed" trusts the test code's own control flow: a test that skips its asserts when the
+  solution returns nothing (`for got, want in zip(candidate(x), expected)`) passes an empty
+  answer. Solution classes the tests call directly are not guarded (only functions are).
 - `run_tests` is the HumanEval design: solution and tests share one process. The test code is
   in no file, argument or environment variable, and it is compiled only after the solution's
   top level ran, but its source (with its tokens and expected values) is in that process's memory
   from the start: a solution written against this harness can find it (gc, the caller's frame)
-  and write the protocol lines itself. Such a targeted forgery needs this module's source and
-  the run's exact tokens; exit codes, printed or guessed verdicts do not work. Only stdin/stdout
-  cases keep expected answers truly hidden.
+  and write the protocol lines itself, and `ctypes` (standard library) can rewrite the
+  interpreter's memory or install a trace hook from C. A program built against this harness can
+  forge a pass that way; exit codes, printed or guessed verdicts, objects with a lying `__eq__`
+  and patched runtimes cannot. Only stdin/stdout cases keep expected answers truly hidden.
 - The sandbox shares the host kernel: a kernel exploit escapes it (seccomp only narrows the
   surface). Everything under /usr is readable inside. Spawning a shell is possible but the shell
   is in the same sandbox (same limits, no network, nothing writable outside /tmp).

@@ -1,14 +1,17 @@
 """The supervisor that runs INSIDE the sandbox (system python, standard library only, 3.9+).
 
 It is never imported by posttrain: the parent passes this file's text to `python3 -I -S -c` in
-the sandbox. Every untrusted line runs in a forked child; this supervisor never executes any, so
-only it can write the verdict record (see `posttrain.sandbox` for the whole design).
+the sandbox (and guard.py's, for the child, in the spec). Every untrusted line runs in a forked
+child; this supervisor never executes any, so only it can write the verdict record (see
+`posttrain.sandbox` for the whole design).
 
-argv: SPEC_FD SENTINEL_FD START_FD RESULT_FD. The spec (marshal, written by the trusted parent)
+argv: SPEC_FD SENTINEL_FD PROGRESS_FD RESULT_FD. The spec (marshal, written by the trusted parent)
 holds the mode ("program" | "tests" | "io"), the source, the instrumented tests, the limits and the
 per-case inputs. The sentinel is read only after every child has exited, so no untrusted process
-ever has it in memory. The record goes to RESULT_FD as `SENTINEL repr(dict)`; events from a child
-come through a pipe as lines `ok TOKEN`, `done`, `error TYPE MESSAGE`.
+ever has it in memory. PROGRESS_FD (a pipe the parent watches) gets `started`, then `run` before
+each child: the parent's own wall clock restarts there. The record goes to RESULT_FD as
+`SENTINEL repr(dict)`; events from a child come through a pipe as lines `ok TOKEN` (an assert
+held), `end TOKEN` (the test code ran to its end), `error TYPE MESSAGE`.
 """
 
 # ruff: noqa: SIM105  (contextlib costs milliseconds of imports on every sandboxed run)
@@ -16,7 +19,6 @@ come through a pipe as lines `ok TOKEN`, `done`, `error TYPE MESSAGE`.
 from __future__ import annotations
 
 import _signal
-import builtins
 import marshal
 import os
 import resource
@@ -26,20 +28,11 @@ import time
 
 TYPE_CHECKING = False  # typing itself costs ~10 ms of imports per run
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from types import CodeType
 
 _EVENT_CAP = 1 << 20  # bytes of child events read at most
 _SIGKILL, _SIGXFSZ = 9, 25
-_PLAIN = {int, float, complex, str, bytes, bool, type(None)}
-_CONTAINERS = {list, tuple, set, frozenset, dict}
 _exit = os._exit  # bound before any untrusted code could replace os._exit
-
-
-class SandboxViolation(BaseException):
-    """The solution tampered with the runtime or returned a non-data object to a test.
-
-    A BaseException, so a test's `except Exception` cannot swallow it."""
 
 
 def _read_all(fd: int) -> bytes:
@@ -74,176 +67,42 @@ def _write_files(files: dict) -> None:
             handle.write(text)
 
 
-# ---------------------------------------------------------------- inside the forked child
-
-
-def _emit_to(fd: int) -> Callable[[str], None]:
-    def emit(line: str) -> None:
-        try:
-            os.write(fd, line.encode("utf-8", "replace")[:4096] + b"\n")
-        except OSError:
-            pass
-
-    return emit
-
-
-def _report_exception(emit: Callable[[str], None], exc: BaseException) -> None:
-    try:  # str() runs the solution's __str__, which may itself raise
-        message = " ".join(str(exc).split())[:300]
-    except BaseException:
-        message = "(unprintable)"
-    emit(f"error {type(exc).__name__} {message}")
-    try:
-        import traceback
-
-        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-    except BaseException:  # a broken stderr must not hide the verdict
-        pass
-
-
-def _check_plain(value: object, name: str) -> None:
-    """Results handed to the tests must be built-in data, so `==` can't be overridden."""
-    stack, seen = [value], set()
-    while stack:
-        item = stack.pop()
-        kind = type(item)
-        if kind in _PLAIN:
-            continue
-        if kind not in _CONTAINERS:
-            what = f"{name} returned a {kind.__name__} object"
-            raise SandboxViolation(f"{what}; only built-in data types are accepted")
-        if id(item) in seen:
-            continue
-        seen.add(id(item))
-        stack.extend(item.items() if kind is dict else item)
-
-
-class _Watch:
-    """Snapshots of builtins and loaded modules, checked after the solution and every call."""
-
-    def __init__(self) -> None:
-        self.builtins = dict(builtins.__dict__)
-        self.modules: dict = {}
-        self.add_new_modules()
-
-    def add_new_modules(self) -> None:
-        for name, module in list(sys.modules.items()):
-            if name not in self.modules and name not in ("__main__", "sys"):
-                self.modules[name] = (module, dict(getattr(module, "__dict__", {})))
-
-    def check(self) -> None:
-        if sys.gettrace() is not None or sys.getprofile() is not None:
-            raise SandboxViolation("the solution installed a trace or profile hook")
-        if _thread_count() > 0:
-            raise SandboxViolation("the solution left a thread running")
-        # Identity of every name that existed before; new names can't change what tests call.
-        current = builtins.__dict__
-        if any(current.get(k, self) is not v for k, v in self.builtins.items()):
-            raise SandboxViolation("the solution modified builtins")
-        for name, (module, snapshot) in self.modules.items():
-            current = getattr(module, "__dict__", {})
-            if sys.modules.get(name) is not module or any(
-                current.get(k, self) is not v for k, v in snapshot.items()
-            ):
-                raise SandboxViolation(f"the solution modified module {name!r}")
-
-
-def _thread_count() -> int:
-    import _thread
-
-    return _thread._count()
-
-
-def _guard(function: Callable, name: str, watch: _Watch) -> Callable:
-    def guarded(*args: object, **kwargs: object) -> object:
-        watch.add_new_modules()
-        result = function(*args, **kwargs)
-        watch.check()
-        _check_plain(result, name)
-        return result
-
-    return guarded
-
-
-def _fresh_main(name: str) -> dict:
-    """A new module for the solution, also installed as `__main__` so the harness isn't there."""
-    module = type(sys)(name)
-    module.__dict__["__builtins__"] = builtins
-    sys.modules["__main__"] = module
-    return module.__dict__
-
-
-def _child_tests(code: CodeType, spec: dict, emit: Callable[[str], None]) -> None:
-    """Run the solution, then the instrumented tests against it, in one namespace (HumanEval)."""
-    ok_sent = set()
-
-    def ok(token: str) -> None:
-        if token not in ok_sent:
-            ok_sent.add(token)
-            emit("ok " + token)
-
-    watch = _Watch()
-    pristine = dict(builtins.__dict__)
-    known_modules = set(sys.modules)
-    namespace = _fresh_main("__solution__")
-    exec(code, namespace)
-    watch.check()
-    # Modules the solution imported are dropped so the tests import fresh, unpatched copies.
-    for name in [n for n in sys.modules if n not in known_modules]:
-        del sys.modules[name]
-    tests = compile(spec["tests"], "<tests>", "exec", dont_inherit=True, optimize=0)
-    test_ns = dict(namespace)
-    for name, value in namespace.items():
-        if type(value) is type(_guard) and value.__globals__ is namespace:
-            test_ns[name] = _guard(value, name, watch)
-    test_ns["__builtins__"] = pristine
-    test_ns[spec["ok_name"]] = ok
-    exec(tests, test_ns)
-    entry = spec["entry_point"]
-    if entry:
-        if entry not in namespace:
-            raise NameError(f"the solution does not define {entry!r}")
-        test_ns["check"](test_ns.get(entry))
-    watch.check()
-    emit("done")
-
-
-def _child_main(code: CodeType) -> None:
-    sys.argv = ["solution.py"]
-    namespace = _fresh_main("__main__")
-    namespace["__file__"] = "solution.py"
-    exec(code, namespace)
+def _load_guard(source: str) -> object:
+    """guard.py (its text is in the spec) as a module: loaded before any untrusted line runs."""
+    module = type(sys)("posttrain_sandbox_guard")
+    exec(compile(source, "<guard>", "exec", dont_inherit=True), module.__dict__)
+    return module
 
 
 def _run_child(code: CodeType, spec: dict, events_w: int, stdin_fd: int | None,
                stdout_fd: int | None) -> None:  # fmt: skip
     """Runs in the forked child: never returns."""
-    status = 1
+    status, guard = 1, spec["guard"]
     try:
         os.setsid()
         _signal.signal(_SIGXFSZ, _signal.SIG_DFL)
         # Only the child: the supervisor must always be able to write its record.
         fsize = spec["limits"]["fsize"]
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-        for target, fd in ((0, stdin_fd), (1, stdout_fd), (3, events_w)):
+        for target, fd in ((0, stdin_fd), (1, stdout_fd), (guard.EVENTS_FD, events_w)):
             if fd is not None and fd != target:
                 os.dup2(fd, target)
-        os.closerange(4, 1024)
-        emit = _emit_to(3)
+        # The parent's descriptors may sit above 1024 (a busy trainer): the sentinel's among them.
+        os.closerange(guard.EVENTS_FD + 1, max(1024, spec["top_fd"] + 1))
         try:
             if spec["mode"] == "tests":
-                _child_tests(code, spec, emit)
+                guard.child_tests(code, spec)
             else:
-                _child_main(code)
+                guard.child_main(code)
             status = 0
         except SystemExit as exc:
             # Exact int only: an int subclass could run code in `&` below.
             status = exc.code if type(exc.code) is int else (0 if exc.code is None else 1)
             if spec["mode"] == "tests":
                 status = status or 1
-                emit("error SystemExit the solution exited before the tests finished")
+                guard.emit("error SystemExit the solution exited before the tests finished")
         except BaseException as exc:  # every failure is reported, none escapes
-            _report_exception(emit, exc)
+            guard.report_exception(exc)
         try:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -313,17 +172,17 @@ def _drain(fd: int, room: int) -> bytes:
 
 
 def _parse_events(data: bytes) -> dict:
-    oks, done, error = [], False, None
+    oks, ends, error = [], [], None
     for line in data.decode("utf-8", "replace").splitlines():
         kind, _, rest = line.partition(" ")
         if kind == "ok" and rest and len(oks) < 10000:
             oks.append(rest)
-        elif kind == "done":
-            done = True
+        elif kind == "end" and len(ends) < 16:
+            ends.append(rest)
         elif kind == "error" and error is None:
             name, _, message = rest.partition(" ")
             error = (name, message)
-    return {"ok": sorted(set(oks)), "done": done, "error": error}
+    return {"ok": sorted(set(oks)), "end": ends, "error": error}
 
 
 def _fork() -> int:
@@ -338,6 +197,8 @@ def _fork() -> int:
 
 def _one_child(code: CodeType, spec: dict, stdin_fd: int | None, stdout_fd: int | None) -> dict:
     events_r, events_w = os.pipe()
+    # The parent's wall clock restarts at this line: it holds even if the program stops us.
+    os.write(spec["progress_fd"], b"run\n")
     pid = _fork()
     if pid == 0:
         os.close(events_r)
@@ -387,15 +248,16 @@ def _compile(source: str) -> tuple[CodeType | None, dict]:
     except (SyntaxError, ValueError, RecursionError) as exc:
         record["syntax_error"] = f"{type(exc).__name__}: {exc}"
     except MemoryError:
-        failed = {"exit": 1, "signal": 0, "timeout": False, "cpu_s": 0.0, "ok": [], "done": False}
+        failed = {"exit": 1, "signal": 0, "timeout": False, "cpu_s": 0.0, "ok": [], "end": []}
         record["runs"] = [dict(failed, error=("MemoryError", "while compiling the solution"))]
     return None, record
 
 
 def main(argv: list) -> None:
-    spec_fd, sentinel_fd, start_fd, result_fd = (int(a) for a in argv)
+    spec_fd, sentinel_fd, progress_fd, result_fd = fds = [int(a) for a in argv]
     spec = marshal.loads(_read_all(spec_fd))
     os.close(spec_fd)
+    spec.update(progress_fd=progress_fd, top_fd=max(fds), guard=_load_guard(spec["guard"]))
     if spec["nondumpable"]:
         # Without bwrap a /proc is visible: keep same-uid children out of /proc/<this pid>/{fd,mem}.
         import ctypes
@@ -405,8 +267,7 @@ def main(argv: list) -> None:
     _write_files(spec["files"])
     _set_limits(spec["limits"])
     # From here on a crash is the solution's doing (even compiling it could overflow the C stack).
-    os.write(start_fd, b"started\n")
-    os.close(start_fd)
+    os.write(progress_fd, b"started\n")
     try:
         code, record = _compile(spec["source"])
         if code is not None and spec["mode"] == "io":

@@ -2,8 +2,10 @@
 
 `detect_layers()` probes once per process (bwrap is actually started, not just looked up);
 `plan(require)` applies the policy and raises `SandboxError` naming what is missing and the
-command that installs it; `launch(...)` starts one sandboxed supervisor with a wall clock, kills
-its whole tree at the end and returns the raw files for `runner.py` to judge.
+command that installs it; `launch(...)` starts one sandboxed supervisor, holds the wall clock
+itself (restarted at each `run` line the supervisor reports, so a program that stops its
+supervisor still ends on time), kills the whole tree at the end and returns the raw files for
+`runner.py` to judge.
 """
 
 from __future__ import annotations
@@ -44,6 +46,13 @@ _INSTALL = {
     "rlimits": "resource limits are always available",
 }
 _HARNESS = (Path(__file__).parent / "harness.py").read_text(encoding="utf-8")
+GUARD_SOURCE = (Path(__file__).parent / "guard.py").read_text(encoding="utf-8")
+"""The forked child's code (`posttrain.sandbox.guard`), sent to the supervisor in every spec."""
+STARTUP_S = 10.0
+"""Seconds the supervisor may take to start (bwrap, python) on a crowded machine: infrastructure."""
+KILL_MARGIN_S = 0.5
+"""Seconds past a run's wall clock before the parent kills the sandbox: the supervisor's own kill
+and record come first unless the program stopped it."""
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -299,14 +308,17 @@ def _command(plan_: Plan, uid: int | None, tmp_bytes: int, fds: list[int],
     return [*prefix, *inner]
 
 
-def launch(plan_: Plan, spec: bytes, sentinel: bytes, stdin: bytes, budget_s: float, memory_bytes: int,
-           max_tasks: int, tmp_bytes: int, read_cap: int, record_cap: int) -> RawRun:  # fmt: skip
-    """Start one supervisor under `plan_`, wait at most `budget_s`, kill everything, read the files."""
+def launch(plan_: Plan, spec: bytes, sentinel: bytes, stdin: bytes, wall_s: float, runs: int,
+           memory_bytes: int, max_tasks: int, tmp_bytes: int, read_cap: int,
+           record_cap: int) -> RawRun:  # fmt: skip
+    """Start one supervisor under `plan_` for `runs` programs of `wall_s` each; kill all; read the files."""
     with SLOTS.take() as slot, contextlib.ExitStack() as stack:
-        files = [stack.enter_context(_temp(data)) for data in (spec, sentinel, b"", b"", stdin, b"", b"")]
-        spec_f, sentinel_f, start_f, result_f, stdin_f, stdout_f, stderr_f = files
+        files = [stack.enter_context(_temp(data)) for data in (spec, sentinel, b"", stdin, b"", b"")]
+        spec_f, sentinel_f, result_f, stdin_f, stdout_f, stderr_f = files
         seccomp_f = stack.enter_context(_temp(plan_.seccomp)) if plan_.seccomp else None
-        fds = [f.fileno() for f in (spec_f, sentinel_f, start_f, result_f)]
+        progress_r, progress_w = (stack.enter_context(os.fdopen(fd, "rb" if i == 0 else "wb", buffering=0))
+                                  for i, fd in enumerate(os.pipe()))  # fmt: skip
+        fds = [spec_f.fileno(), sentinel_f.fileno(), progress_w.fileno(), result_f.fileno()]
         # Without bwrap's user namespace RLIMIT_NPROC counts every process of the uid machine-wide,
         # including bwrap zombies from earlier runs that pid 1 has not reaped yet: separate range.
         offset = 0 if "bwrap" in plan_.layers else 1 << 15
@@ -323,14 +335,16 @@ def launch(plan_: Plan, spec: bytes, sentinel: bytes, stdin: bytes, budget_s: fl
                                     env={"PATH": _PATH}, cwd="/", start_new_session=True)  # fmt: skip
         except OSError as exc:
             raise SandboxError(f"could not start the sandbox ({command[0]}): {exc}") from exc
+        finally:
+            progress_w.close()  # the supervisor holds the only writing end: its exit ends the pipe
         try:
-            host_timeout = not _wait_exit(proc, budget_s)
+            progress, host_timeout = _watch(proc, progress_r.fileno(), wall_s, runs)
         finally:
             _kill_tree(proc, uid, plan_)
         duration = time.monotonic() - start
         stdout_size = os.fstat(stdout_f.fileno()).st_size
         return RawRun(
-            started=os.pread(start_f.fileno(), 64, 0).startswith(b"started"),
+            started=progress.startswith(b"started\n"),
             record=os.pread(result_f.fileno(), record_cap, 0),
             stdout=os.pread(stdout_f.fileno(), read_cap, 0),
             stdout_size=stdout_size,
@@ -342,15 +356,48 @@ def launch(plan_: Plan, spec: bytes, sentinel: bytes, stdin: bytes, budget_s: fl
         )
 
 
-def _wait_exit(proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
-    """True if `proc` exited within `timeout_s`; a pidfd wakes us at once (Popen.wait polls)."""
+def _watch(proc: subprocess.Popen[bytes], progress_fd: int, wall_s: float, runs: int) -> tuple[bytes, bool]:
+    """Wait for `proc` on our own clock: (the progress lines read, whether the clock ran out).
+
+    STARTUP_S until the supervisor says `started`, then `wall_s` + KILL_MARGIN_S from each line it
+    writes (`started`, then `run` before each program); lines past the `runs` expected ones don't
+    move the deadline, so nothing inside can keep the sandbox alive longer."""
     pidfd = os.pidfd_open(proc.pid)
+    lines, data, reading = 0, b"", True
+    deadline = time.monotonic() + STARTUP_S
+    os.set_blocking(progress_fd, False)
     try:
         poller = select.poll()  # not select(): a busy trainer may hold fds above 1024
         poller.register(pidfd, select.POLLIN)
-        return bool(poller.poll(max(0, int(timeout_s * 1000))))
+        poller.register(progress_fd, select.POLLIN)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return data, True
+            events = dict(poller.poll(max(1, int(left * 1000))))
+            if pidfd in events:
+                return data, False
+            chunk = _read_some(progress_fd) if reading and progress_fd in events else None
+            if chunk is not None:
+                reading = bool(chunk)
+                if not reading:
+                    poller.unregister(progress_fd)
+                for _ in range(min(chunk.count(b"\n"), runs + 1 - lines)):
+                    lines += 1
+                    deadline = time.monotonic() + wall_s + KILL_MARGIN_S
+                data = (data + chunk)[:4096]
     finally:
         os.close(pidfd)
+
+
+def _read_some(fd: int) -> bytes | None:
+    """What the pipe holds (b"" at its end), or None after a spurious wake-up."""
+    try:
+        return os.read(fd, 4096)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
 
 
 def _kill_tree(proc: subprocess.Popen[bytes], uid: int | None, plan_: Plan) -> None:

@@ -1,7 +1,8 @@
 """The sandbox API: run a program, HumanEval-style tests or stdin/stdout cases; judge in the parent.
 
 Every verdict is decided here, in the trusted process, from data: the supervisor's record must
-carry this run's random sentinel, and a pass needs every per-assert token (or every case) exactly.
+carry this run's random sentinel, and a pass needs the token issued after the test code's last
+statement (or every stdin/stdout case), with no token this run never issued.
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from posttrain.errors import ConfigError, SandboxError
-from posttrain.sandbox.isolation import Plan, RawRun, launch, plan
+from posttrain.sandbox.isolation import GUARD_SOURCE, Plan, RawRun, launch, plan
 
 STATUSES = ("passed", "wrong", "timeout", "memory", "runtime_error", "syntax_error", "sandbox_error")
 _RECORD_CAP = 16 << 20
-_STARTUP_SLACK_S = 10.0  # the supervisor enforces wall_s; the parent's clock is only a backstop
 _SIGKILL, _SIGXCPU, _SIGXFSZ = 9, 24, 25
 _SUPERVISOR_TASKS = 2  # bwrap's pid 1 and the supervisor, counted by RLIMIT_NPROC with the program
 _CGROUP_EXTRA_MB = 64  # supervisor and bwrap, in the cgroup with the program
@@ -101,6 +101,7 @@ class _Job:
     mode: str
     program: Program
     tokens: frozenset[str] = frozenset()
+    end_token: str = ""
     digests: list[str] = field(default_factory=list)
     spec: dict[str, Any] = field(default_factory=dict)
 
@@ -147,7 +148,7 @@ def _prepare(program: Program) -> _Job | SandboxResult:
     if program.cases is not None and program.test_code is not None:
         raise ValueError("Program: give test_code (assert tests) or cases (stdin/stdout), not both")
     base = {"source": program.source, "files": files, "tests": "", "entry_point": None, "ok_name": "",
-            "inputs": []}  # fmt: skip
+            "end_token": "", "inputs": []}  # fmt: skip
     if program.cases is not None:
         cases = list(program.cases)
         if not cases:
@@ -165,8 +166,10 @@ def _prepare(program: Program) -> _Job | SandboxResult:
         return SandboxResult("sandbox_error", reason="the test code has no assert statement to check")
     if program.entry_point and not _defines(program.test_code, "check"):
         return SandboxResult("sandbox_error", reason="entry_point given but the test code defines no check()")
-    base.update(mode="tests", tests=tests, entry_point=program.entry_point, ok_name=ok_name)
-    return _Job("tests", program, tokens=frozenset(tokens), spec=base)
+    end_token = secrets.token_hex(16)
+    base.update(mode="tests", tests=tests, entry_point=program.entry_point, ok_name=ok_name,
+                end_token=end_token)  # fmt: skip
+    return _Job("tests", program, tokens=frozenset(tokens), end_token=end_token, spec=base)
 
 
 def _defines(source: str, name: str) -> bool:
@@ -186,6 +189,7 @@ def _execute(job: _Job, limits: Limits, plan_: Plan) -> SandboxResult:
         "output_cap": limits.max_output_bytes,
     }
     job.spec["private_pids"] = plan_.private_pids
+    job.spec["guard"] = GUARD_SOURCE
     job.spec["nondumpable"] = "bwrap" not in plan_.layers
     sentinel = secrets.token_hex(16).encode("ascii")
     files_size = sum(len(v.encode("utf-8")) for v in job.spec["files"].values())
@@ -195,7 +199,8 @@ def _execute(job: _Job, limits: Limits, plan_: Plan) -> SandboxResult:
             spec=marshal.dumps(job.spec, 4),
             sentinel=sentinel,
             stdin=job.program.stdin.encode("utf-8"),
-            budget_s=limits.wall_s * runs + _STARTUP_SLACK_S,
+            wall_s=limits.wall_s,
+            runs=runs,
             memory_bytes=(limits.memory_mb + _CGROUP_EXTRA_MB) << 20,
             max_tasks=limits.max_processes + _SUPERVISOR_TASKS + 2,
             tmp_bytes=limits.max_file_bytes + files_size + (1 << 20),
@@ -242,19 +247,21 @@ def _error_text(run: dict[str, Any]) -> str:
 
 
 def _judge_tests(run: dict[str, Any], job: _Job) -> tuple[str, int, str | None]:
+    """Passed: the test code ran to its end (asserts it legitimately skipped cost nothing), no error.
+
+    `passed` counts the assert statements that ran and held."""
     oks = {t for t in run.get("ok", []) if isinstance(t, str)}
-    total, passed = len(job.tokens), len(oks & job.tokens)
-    if oks - job.tokens:
+    ends = set(run.get("end", [])) if isinstance(run.get("end"), list) else set()
+    passed = len(oks & job.tokens)
+    if oks - job.tokens or ends - {job.end_token}:
         return "wrong", passed, "the record holds test tokens this run never issued (forged verdict)"
     error = _error_text(run)
-    if run.get("done") and passed == total and not error and run.get("exit") == 0:
+    if job.end_token in ends and not error and run.get("exit") == 0:
         return "passed", passed, None
     if error.startswith(("AssertionError", "SandboxViolation")):
         return "wrong", passed, error
     if error:
         return "runtime_error", passed, error
-    if run.get("done"):
-        return "wrong", passed, f"only {passed} of {total} asserts ran"
     return "runtime_error", passed, f"the program exited (code {run.get('exit')}) before the tests finished"
 
 
@@ -293,7 +300,8 @@ def _judge(raw: RawRun, job: _Job, limits: Limits, layers: tuple[str, ...], sent
             why = f"did not start within {raw.duration_s:.1f} s" if raw.host_timeout else "did not start"
             status, reason = "sandbox_error", f"the sandbox {why} (exit {raw.returncode}): {tail}"
         elif raw.host_timeout:
-            status, reason = "timeout", "killed by the parent's wall clock"
+            status = "timeout"
+            reason = f"killed after the {limits.wall_s:g} s wall-clock limit (the parent's clock)"
         elif raw.oom_killed:
             status, reason = "memory", f"exceeded the {limits.memory_mb} MiB memory limit (cgroup)"
         else:
@@ -354,7 +362,9 @@ def run_tests(solution: str, test_code: str, entry_point: str | None, limits: Li
     """HumanEval shape: run `solution`, then `test_code`; with `entry_point`, `check(entry_point)`.
 
     Without `entry_point` the test code's top-level asserts call the solution's names directly
-    (MBPP shape). `passed_tests`/`total_tests` count the assert statements that passed.
+    (MBPP shape). "passed" means the test code ran to its end without an error: an assert it
+    correctly never reaches (an `else:` branch, a loop over nothing) costs nothing.
+    `passed_tests`/`total_tests`: assert statements that ran and held / assert statements.
     """
     return _one(Program(solution, test_code=test_code, entry_point=entry_point), limits, require)
 

@@ -1,0 +1,391 @@
+"""What runs in the sandbox's forked child around the solution (system python, standard library
+only, 3.9+): the HumanEval-style tests against it, with its results handed over as copies of
+built-in data and the runtime watched between calls (see `posttrain.sandbox` for the whole design).
+
+The supervisor (harness.py) gets this file's text in its spec and loads it as a module before any
+untrusted line runs, so the functions bound below are the genuine ones.
+"""
+
+# ruff: noqa: SIM105  (contextlib costs milliseconds of imports on every sandboxed run)
+
+from __future__ import annotations
+
+import _signal
+import _thread
+import builtins
+import os
+import sys
+from _operator import is_ as _is
+from abc import ABCMeta
+from itertools import chain as _chain
+from itertools import compress as _compress
+from itertools import repeat as _repeat
+
+TYPE_CHECKING = False  # typing itself costs ~10 ms of imports per run
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import CodeType
+
+EVENTS_FD = 3
+"""The child's end of the events pipe (`ok TOKEN`, `end TOKEN`, `error TYPE MESSAGE` lines)."""
+# Bound before any untrusted code runs: the solution may replace the os / sys attributes.
+_exit, _write, _gettrace, _getprofile = os._exit, os.write, sys.gettrace, sys.getprofile
+_thread_count = _thread._count
+# Exact types, compared by identity (a metaclass can make `type(x) in {int}` true for any class).
+_ATOMS = {id(t) for t in (int, float, complex, str, bytes, bool, type(None), range)}
+_DICT_VIEWS = {id(type(getattr({}, view)())): view for view in ("keys", "values", "items")}
+_MUTABLE = {id(list), id(dict), id(set), id(bytearray), *_DICT_VIEWS}
+_CONTAINERS = _MUTABLE | {id(tuple), id(frozenset)}
+_ATOMS_OR_TUPLE = _ATOMS | {id(tuple)}
+_CALLABLES = {id(type(len)), id(type(lambda: None))}
+_GENERATOR = type(x for x in ())
+_FUNCTION = type(lambda: None)
+_CLASS_KINDS = {id(type), id(ABCMeta)}  # metaclasses whose attribute reads run no one else's code
+_IMMUTABLE_TYPE, _HEAP_TYPE = 1 << 8, 1 << 9
+# Hooks that would run the solution's code in the middle of the test code (and a trace or
+# monitoring callback can even move a frame's f_lineno, i.e. jump over asserts): gone for the tests.
+_HOOK_SETTERS = ("settrace", "setprofile", "monitoring", "_settraceallthreads", "_setprofileallthreads",
+                 "addaudithook")  # fmt: skip
+
+
+def emit(line: str) -> None:
+    try:
+        _write(EVENTS_FD, line.encode("utf-8", "replace")[:4096] + b"\n")
+    except OSError:
+        pass
+
+
+def report_exception(exc: BaseException) -> None:
+    try:  # str() runs the solution's __str__, which may itself raise
+        message = " ".join(str(exc).split())[:300]
+    except BaseException:
+        message = "(unprintable)"
+    emit(f"error {type(exc).__name__} {message}")
+    try:
+        import traceback
+
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    except BaseException:  # a broken stderr must not hide the verdict
+        pass
+
+
+def _violation(message: str) -> None:
+    """The solution tampered with the runtime or handed a test a non-data object: end the child.
+
+    It exits rather than raises, so no `except` in the test code can swallow it and go on to the end.
+    """
+    emit(f"error SandboxViolation {message}")
+    try:
+        _write(2, f"SandboxViolation: {message}\n".encode("utf-8", "replace"))
+    except BaseException:
+        pass
+    _exit(1)
+
+
+def _refuse_hook(*args: object, **kwargs: object) -> None:
+    _violation("the solution tried to install a trace, profile, monitoring or audit hook")
+
+
+def _signal_handlers() -> list:
+    return [_signal.getsignal(number) for number in range(1, _signal.NSIG)]
+
+
+def _type_name(kind: type) -> str:
+    try:  # the descriptor of `type` itself: no metaclass code runs
+        return str.__add__("", type.__dict__["__name__"].__get__(kind))
+    except BaseException:
+        return "unknown"
+
+
+def _parts(item: object, kind: int) -> object:
+    """The objects a container holds, iterable twice in the same order (a dict's keys and values
+    alternate); lists, tuples and sets are their own parts (nothing runs between the two passes)."""
+    if kind == id(dict):
+        return list(_chain.from_iterable(dict.items(item)))
+    if _DICT_VIEWS.get(kind) == "items":
+        return list(_chain.from_iterable(item))
+    if kind in _DICT_VIEWS:
+        return list(item)
+    return () if kind == id(bytearray) else item
+
+
+def _nested(parts: object) -> list:
+    """The parts that need a walk of their own: neither atoms nor tuples of atoms (such a tuple can
+    be shared as it is). Checked in C for the usual shapes: one atom type, or pairs of atoms."""
+    first = type(next(iter(parts), 0))
+    if id(first) in _ATOMS and all(map(_is, map(type, parts), _repeat(first))):
+        return []
+    kinds = set(map(id, map(type, parts)))
+    if kinds <= _ATOMS:
+        return []
+    if kinds <= _ATOMS_OR_TUPLE:
+        tuples = _compress(parts, map(_is, map(type, parts), _repeat(tuple)))
+        if set(map(id, map(type, _chain.from_iterable(tuples)))) <= _ATOMS:
+            return []
+    return [part for part in parts if id(type(part)) not in _ATOMS]
+
+
+def _walk(value: object) -> list | type:
+    """(container, kind, parts, flat: no part needs a copy) for every container in `value`, each
+    after the immutable ones it holds; or the first type that is not built-in data.
+
+    Only built-in code runs here (exact built-in types, identity tests): nothing of the solution's.
+    Mutable containers are listed on first sight and their contents walked later, so every cycle
+    (which must pass through one) is broken by them.
+    """
+    order, seen, pending = [], set(), [value]
+    while pending:
+        stack: list = [(pending.pop(), None)]
+        while stack:
+            item, entry = stack.pop()
+            kind = id(type(item))
+            if entry is not None:
+                order.append(entry)
+            elif kind in _ATOMS or id(item) in seen:
+                continue
+            elif kind not in _CONTAINERS:
+                return type(item)
+            else:
+                seen.add(id(item))
+                parts = _parts(item, kind)
+                nested = _nested(parts)
+                entry = (item, kind, parts, not nested)
+                if kind in _MUTABLE:
+                    order.append(entry)
+                    pending.extend(nested)
+                else:
+                    stack.append((None, entry))
+                    stack.extend((part, None) for part in nested)
+    return order
+
+
+def _plain_copy(value: object, name: str) -> object:
+    """A copy of built-in data made of new objects, so the solution keeps no handle on what the
+    tests compare; anything else is a violation (an always-equal `__eq__` never reaches a test)."""
+    order = _walk(value)
+    if type(order) is not list:
+        _violation(f"{name} returned a {_type_name(order)} object; only built-in data types are accepted")
+    # Originals stay alive throughout, so an atom's id is never a container's: get(id, atom) is the atom.
+    copies, fills = {}, []
+    for item, kind, parts, flat in order:
+        if kind == id(bytearray):
+            copies[id(item)] = bytearray(item)
+        elif kind in _MUTABLE:
+            shell = {} if kind in _DICT_VIEWS else type(item)()
+            view = _DICT_VIEWS.get(kind)
+            copies[id(item)] = getattr(shell, view)() if view else shell
+            fills.append((kind, shell, parts, flat))
+        elif flat:  # a tuple or frozenset of atoms: nothing in it can change
+            copies[id(item)] = item
+        else:
+            copies[id(item)] = type(item)(map(copies.get, map(id, parts), parts))
+    for kind, shell, raw, flat in fills:
+        parts = raw if flat else list(map(copies.get, map(id, raw), raw))
+        if kind == id(list):
+            shell.extend(parts)
+        elif kind == id(set):
+            shell.update(parts)
+        elif _DICT_VIEWS.get(kind) == "keys":
+            shell.update(dict.fromkeys(parts))
+        elif _DICT_VIEWS.get(kind) == "values":
+            shell.update(enumerate(parts))
+        else:
+            shell.update(zip(parts[::2], parts[1::2]))
+    return copies.get(id(value), value)
+
+
+def _internals(namespace: dict, module_name: object) -> list:
+    """What the module's functions and classes do, beyond its names: each function's code and
+    defaults, each of its own classes' attributes (`f.__code__ = ...` leaves `module.f` the same)."""
+    found = []
+    for value in list(namespace.values()):
+        if id(type(value)) in _CLASS_KINDS and value.__dict__.get("__module__") is module_name:
+            found += [value, *value.__dict__.values()]
+            found += [part for item in value.__dict__.values() for part in _function_parts(item)]
+        else:
+            found += _function_parts(value)
+    return found
+
+
+def _function_parts(value: object) -> list:
+    inner = value.__func__ if type(value) in (classmethod, staticmethod) else value
+    return [inner.__code__, inner.__defaults__, inner.__kwdefaults__] if type(inner) is _FUNCTION else []
+
+
+class _Watch:
+    """Snapshots of builtins, loaded modules and the import system, checked after the solution and
+    every call; the import system is also reset before the tests import anything."""
+
+    def __init__(self) -> None:
+        self.builtins = dict(builtins.__dict__)
+        self.handlers = _signal_handlers()
+        self.imports = (list(sys.path), list(sys.meta_path), list(sys.path_hooks))
+        self.modules: dict = {}
+        self.add_new_modules()
+
+    def add_new_modules(self) -> None:
+        for name, module in list(sys.modules.items()):
+            if name not in self.modules and name not in ("__main__", "sys"):
+                names = dict(getattr(module, "__dict__", {}))
+                self.modules[name] = (module, names, _internals(names, names.get("__name__")))
+
+    def reset_imports(self) -> None:
+        """The solution's sys.path, finders and cached finders are gone: the tests import genuine modules."""
+        path, meta_path, path_hooks = self.imports
+        sys.path, sys.meta_path, sys.path_hooks = list(path), list(meta_path), list(path_hooks)
+        sys.path_importer_cache = {}
+
+    def check(self) -> None:
+        if _gettrace() is not None or _getprofile() is not None:
+            _violation("the solution installed a trace or profile hook")
+        if _thread_count() > 0:
+            _violation("the solution left a thread running")
+        if any(now is not before for now, before in zip(_signal_handlers(), self.handlers)):
+            _violation("the solution installed a signal handler")  # it would run amid the test code
+        # Identity of every name that existed before; new names can't change what tests call.
+        current = builtins.__dict__
+        if any(current.get(k, self) is not v for k, v in self.builtins.items()):
+            _violation("the solution modified builtins")
+        for name, (module, snapshot, internals) in self.modules.items():
+            current = getattr(module, "__dict__", {})
+            if sys.modules.get(name) is not module or any(
+                current.get(k, self) is not v for k, v in snapshot.items()
+            ):
+                _violation(f"the solution modified module {name!r}")
+            now = _internals(snapshot, snapshot.get("__name__"))
+            if len(now) != len(internals) or not all(map(_is, now, internals)):
+                _violation(f"the solution modified a function or class of module {name!r}")
+        path, meta_path, path_hooks = self.imports
+        for now, before in ((sys.path, path), (sys.meta_path, meta_path), (sys.path_hooks, path_hooks)):
+            if type(now) is not list or len(now) != len(before) or not all(map(_is, now, before)):
+                _violation("the solution changed how modules are imported")
+
+
+def _is_builtin_iterator(kind: type) -> bool:
+    """A built-in iterator type (generator, map, zip, list_iterator...): next() is all it offers."""
+    if type(kind) is not type:  # a metaclass could run code on the attribute reads below
+        return False
+    flags = kind.__flags__
+    return bool(flags & _IMMUTABLE_TYPE or not flags & _HEAP_TYPE) and hasattr(kind, "__next__")
+
+
+def _export(value: object, name: str, watch: _Watch) -> object:
+    """What a test receives from the solution: a copy of built-in data; an iterator's items one by
+    one, each made under the guard; a callable, guarded in turn."""
+    kind = type(value)
+    if id(kind) in _CALLABLES:
+        return _guard(value, name, watch)
+    if _is_builtin_iterator(kind):
+        return _guarded_items(value, name, watch)
+    return _plain_copy(value, name)
+
+
+def _guarded_items(iterator: object, name: str, watch: _Watch) -> object:
+    """A generator over the solution's iterator (`list(countdown(3))`, `next(gen)`, `send` work)."""
+    send = iterator.send if type(iterator) is _GENERATOR else None
+    try:
+        sent = None
+        while True:
+            watch.add_new_modules()
+            try:
+                item = next(iterator) if sent is None or send is None else send(sent)
+            except StopIteration as stop:
+                return _plain_copy(stop.value, name)
+            finally:
+                watch.check()
+            sent = yield _export(item, name, watch)
+    finally:
+        # Closing runs the solution's `finally` blocks and frees its objects: under the guard too.
+        watch.add_new_modules()
+        try:
+            if send is not None:
+                iterator.close()
+            del iterator, send
+        finally:
+            watch.check()
+
+
+def _guard(function: Callable, name: str, watch: _Watch) -> Callable:
+    def guarded(*args: object, **kwargs: object) -> object:
+        watch.add_new_modules()
+        arguments_plain = type(_walk((args, kwargs))) is list
+        try:
+            result = function(*args, **kwargs)
+        finally:  # also when it raises: a test may catch the exception and go on
+            watch.check()
+            if arguments_plain and type(_walk((args, kwargs))) is not list:
+                _violation(f"{name} put a non-data object into its arguments")
+        return _export(result, name, watch)
+
+    return guarded
+
+
+def _fresh_main(name: str) -> dict:
+    """A new module for the solution, also installed as `__main__` so the harness isn't there."""
+    module = type(sys)(name)
+    module.__dict__["__builtins__"] = builtins
+    sys.modules["__main__"] = module
+    return module.__dict__
+
+
+def _fresh_import(module: object) -> object:
+    """The genuine module a solution's module object stands for (imported anew: the solution's
+    copy left sys.modules), or None when its name imports nothing."""
+    name = type(sys).__dict__["__dict__"].__get__(module).get("__name__")
+    if type(name) is not str:
+        return None
+    try:
+        return __import__(name, fromlist=["__name__"])
+    except Exception:  # a module the solution built itself: the tests get nothing under that name
+        return None
+
+
+def child_tests(code: CodeType, spec: dict) -> None:
+    """Run the solution, then the instrumented tests against it, in one namespace (HumanEval).
+
+    The run ends with `end TOKEN` only if the test code ran to its end: an assert correctly not
+    reached (an `else:` branch, an empty loop) costs nothing, an exit or a skipped test does."""
+    ok_sent = set()
+
+    def ok(token: str) -> None:
+        if token not in ok_sent:
+            ok_sent.add(token)
+            emit("ok " + token)
+
+    for setter in _HOOK_SETTERS:
+        if hasattr(sys, setter):
+            setattr(sys, setter, _refuse_hook)
+    watch = _Watch()
+    pristine = dict(builtins.__dict__)
+    known_modules = set(sys.modules)
+    namespace = _fresh_main("__solution__")
+    exec(code, namespace)
+    # Modules the solution imported are dropped so the tests import fresh, unpatched copies.
+    for name in [n for n in sys.modules if n not in known_modules]:
+        del sys.modules[name]
+    watch.reset_imports()
+    watch.check()
+    tests = compile(spec["tests"], "<tests>", "exec", dont_inherit=True, optimize=0)
+    test_ns = dict(namespace)
+    for name, value in namespace.items():
+        if type(value) is _FUNCTION and value.__globals__ is namespace:
+            test_ns[name] = _guard(value, name, watch)
+        elif issubclass(type(value), type(sys)):  # `import math` in the prompt: a fresh one
+            test_ns[name] = _fresh_import(value)
+    test_ns["__builtins__"] = pristine
+    test_ns[spec["ok_name"]] = ok
+    exec(tests, test_ns)
+    entry = spec["entry_point"]
+    if entry:
+        if entry not in namespace:
+            raise NameError(f"the solution does not define {entry!r}")
+        test_ns["check"](test_ns.get(entry))
+    watch.check()
+    emit("end " + spec["end_token"])
+
+
+def child_main(code: CodeType) -> None:
+    sys.argv = ["solution.py"]
+    namespace = _fresh_main("__main__")
+    namespace["__file__"] = "solution.py"
+    exec(code, namespace)
