@@ -71,8 +71,11 @@ def keep_best_problems(config: Any) -> list[str]:
     if not run.keep_best:
         return problems
     recipe = type(config).__module__.rsplit(".", 1)[-1]
+    from posttrain.runner import held_out_metrics
+
+    # a recipe whose evaluation is only the task's greedy one (sft, grpo) declares nothing
     declared = getattr(config, "eval_metrics", None)
-    logged: list[str] = declared() if callable(declared) else []
+    logged: list[str] = declared() if callable(declared) else held_out_metrics()
     if not logged:
         return [*problems, f"run.keep_best: {recipe} logs no held-out metrics to choose by; remove "
                            f"run.keep_best"]

@@ -44,7 +44,7 @@ from posttrain.rl import (
     update_passes,
 )
 from posttrain.rollout import Rollouts
-from posttrain.runner import held_out_metrics, log_rollout_samples, setup
+from posttrain.runner import log_rollout_samples, setup
 from posttrain.training import Stepper, autocast, micro_batches
 
 
@@ -93,10 +93,6 @@ class Config:
     """Leave completions that hit max_new_tokens out of the loss (DAPO's overlong filtering)."""
     share_prompts: bool = True
     """Run each group's prompt through the model once per update pass, not G times (same numbers)."""
-
-    def eval_metrics(self) -> list[str]:
-        """What the held-out evaluation logs (run.keep_best chooses by one of them)."""
-        return held_out_metrics()
 
     def check(self) -> list[str]:
         problems = []

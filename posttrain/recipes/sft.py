@@ -26,7 +26,7 @@ from posttrain.data.chat import collate_packed, collate_padded, pack
 from posttrain.data.sources import DataOrder
 from posttrain.logprobs import token_logprobs
 from posttrain.losses import sft_loss
-from posttrain.runner import held_out_metrics, setup
+from posttrain.runner import setup
 from posttrain.training import Stepper, accumulate, autocast
 
 
@@ -47,10 +47,6 @@ class Config:
     """Longest tokenized conversation; longer ones are an error naming the row."""
     packing: bool = False
     """Pack several conversations into each row of max_length tokens (no cross-attention)."""
-
-    def eval_metrics(self) -> list[str]:
-        """What the held-out evaluation logs (run.keep_best chooses by one of them)."""
-        return held_out_metrics()
 
 
 def collate(examples: list[Any], pad_id: int, device: torch.device, packing: bool) -> dict[str, torch.Tensor]:
