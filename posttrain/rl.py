@@ -19,11 +19,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from posttrain import distributed
 from posttrain.config import DataConfig, ModelConfig, SamplingConfig
 from posttrain.data.chat import prompt_messages
 from posttrain.data.sources import reward_columns
 from posttrain.models import ReferencePolicy
-from posttrain.rewards.base import RewardScores, score_completions
+from posttrain.rewards.base import RewardScores
 from posttrain.rewards.setup import reward_metrics
 from posttrain.rollout import Rollouts, SamplingParams, generate, sync_weights
 from posttrain.training import Stepper, accumulate, micro_batches
@@ -48,8 +49,9 @@ def sample_and_score(model: nn.Module, tokenizer: Any, rows: list[dict[str, Any]
     rollouts = generate(model, tokenizer, prompts, n=n, sampling=params, backend=s.backend,
                         max_prompt_tokens=data.max_prompt_tokens, engine_options={"dtype": s.dtype})
     sample_rows = [rows[i // n] for i in range(len(rollouts))]
-    scores = score_completions(reward_fns, [prompts[i // n] for i in range(len(rollouts))],
-                               rollouts.texts, reward_columns(sample_rows))
+    score = distributed.reward_scorer()  # score_completions, or its reward workers on a cluster
+    scores = score(reward_fns, [prompts[i // n] for i in range(len(rollouts))],
+                   rollouts.texts, reward_columns(sample_rows))
     return rollouts, scores, sample_rows
 
 

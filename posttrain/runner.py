@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from posttrain import distributed
 from posttrain.checkpoint import Checkpointer, find_resume_checkpoint
 from posttrain.config import ModelConfig, RunConfig, to_dict
 from posttrain.models import (
@@ -77,6 +78,7 @@ class Run:
         """Write final/ (an HF folder), the plots and summary.md; return the run directory."""
         save_hf(model, tokenizer, self.dir / "final")
         self.tracker.close(summary=summary, plot_keys=plot_keys)
+        distributed.stop()
         return self.dir
 
 
@@ -98,6 +100,7 @@ def start_run(config: Any, recipe: str, model: nn.Module, optimizer: Any, schedu
     trainable, total = count_parameters(model)
     print(f"[{recipe}] run dir {run_dir}; {trainable / 1e6:.1f}M of {total / 1e6:.1f}M parameters trainable"
           + (f"; resuming after step {start_step}" if start_step else ""))
+    distributed.start(config)  # the cluster of config.cluster, if any; Run.finish lets it go
     return Run(dir=run_dir, tracker=tracker, checkpointer=checkpointer, config=config,
                start_step=start_step, state=state)
 
