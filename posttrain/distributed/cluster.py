@@ -11,6 +11,7 @@ what was asked, what the cluster has and what to change.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,7 @@ class Cluster:
         if ray.is_initialized():  # left over from a run in this process that raised before stopping
             ray.shutdown()
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network calls from a training run
+        _check_listening(self.address)
         try:
             if self.address == "local":
                 ray.init(include_dashboard=False, logging_level="WARNING",
@@ -118,3 +120,19 @@ def _python_path() -> str:
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(posttrain.__file__)))
     return os.pathsep.join([root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
+
+
+def _check_listening(address: str) -> None:
+    """Fail at once when nothing answers at a host:port address: ``ray.init`` keeps retrying for
+    minutes. A cluster started with token authentication (Ray does so when ~/.ray/auth_token
+    exists) needs RAY_AUTH_MODE=token in the run's environment as well."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if address in ("local", "auto") or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as error:
+        raise ClusterError(
+            f"cluster.address={address!r}: nothing answers there ({error}). Is the head running? Start it "
+            f"with `ray start --head --port {port}`, or use cluster.address=local for a cluster on this "
+            "machine for the run") from error

@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+# One authentication mode for the test clusters and this process: a local ray.init() turns token
+# authentication on for its process, and `ray start` does wherever ~/.ray/auth_token exists.
+os.environ["RAY_AUTH_MODE"] = "disabled"
 NODE_CPUS = 1
 OBJECT_STORE_BYTES = 80 * 2**20
 
@@ -58,23 +61,29 @@ def _stop_node(process: subprocess.Popen[bytes]) -> None:
     process.wait()
 
 
-def _wait_for_cpus(address: str, cpus: float, logs: list[Path], timeout: float = 90.0) -> None:
+def _wait_for_cpus(address: str, cpus: float, logs: list[Path], timeout: float = 120.0) -> None:
+    """Wait for the head's port to answer, then for the cluster to count ``cpus`` CPUs."""
     import ray
 
     deadline = time.monotonic() + timeout
+
+    def check(done: bool, what: str) -> None:
+        if not done and time.monotonic() > deadline:
+            tails = "\n".join(f"--- {log.name}\n{log.read_text()[-2000:]}" for log in logs if log.exists())
+            raise TimeoutError(f"the test Ray cluster at {address}: {what} within {timeout:g} s\n{tails}")
+
+    host, _, port = address.rpartition(":")
     while True:
         try:
-            ray.init(address=address, logging_level="WARNING")
+            socket.create_connection((host, int(port)), timeout=1).close()
             break
-        except ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+        except OSError:
+            check(False, "the head did not listen")
+            time.sleep(0.3)
+    ray.init(address=address, logging_level="WARNING")
     try:
         while ray.cluster_resources().get("CPU", 0) < cpus:
-            if time.monotonic() > deadline:
-                tails = "\n".join(log.read_text()[-2000:] for log in logs)
-                raise TimeoutError(f"the test cluster did not reach {cpus} CPUs:\n{tails}")
+            check(False, f"fewer than {cpus:g} CPUs joined")
             time.sleep(0.2)
     finally:
         ray.shutdown()

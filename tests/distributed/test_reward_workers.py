@@ -98,3 +98,15 @@ def test_resources_held_elsewhere_fail_after_the_placement_timeout(ray_cluster: 
                                            r"cluster.placement_timeout_s=2 s.*1 CPU, 0 GPU free now"):
         distributed._session.cluster.place(Role("reward", 2, 1.0, 0.0))
     assert time.monotonic() - started < 10
+
+
+def test_an_address_where_nothing_listens_fails_at_once() -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free once the probe is closed: nothing listens there
+    started = time.monotonic()
+    with pytest.raises(ClusterError, match=rf"cluster.address='127.0.0.1:{port}': nothing answers there"):
+        _start(f"127.0.0.1:{port}", reward_workers=1)
+    assert time.monotonic() - started < 10
