@@ -8,7 +8,9 @@ always was. Otherwise ``start_run`` (posttrain/runner.py) calls ``start`` once p
 workers (``reward_workers.RewardPool``) on a cluster.
 
 What runs on a cluster so far: reward workers (reward functions and the code sandbox). Trainer ranks
-and rollout workers are refused by the config check until they exist (issue 20).
+(``trainers.py``: a torch.distributed group of Ray actors and its data-parallel step) are tested but
+no recipe uses them yet, so the config check refuses ``cluster.trainers > 1``, and rollout workers,
+until they are wired in (issue 20).
 """
 
 from __future__ import annotations

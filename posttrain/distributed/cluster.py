@@ -31,6 +31,7 @@ class Role:
     count: int
     cpus: float
     gpus: float
+    strategy: str = "SPREAD"  # Ray's: SPREAD over nodes (reward workers), PACK on few (trainer ranks)
 
     @property
     def bundle(self) -> dict[str, float]:
@@ -38,7 +39,11 @@ class Role:
 
     def describe(self) -> str:
         asks = " and ".join(f"{value:g} {key}" for key, value in self.bundle.items())
-        return f"{self.count} {self.name} worker(s) of {asks} each (cluster.{self.name}_workers)"
+        return f"{self.count} {self.name} worker(s) of {asks} each (cluster.{self.count_key})"
+
+    @property
+    def count_key(self) -> str:
+        return "trainers" if self.name == "trainer" else f"{self.name}_workers"
 
 
 def _resources(resources: dict[str, float]) -> str:
@@ -85,9 +90,9 @@ class Cluster:
             raise ClusterError(
                 f"the run asks for {role.describe()}, that is {why}, but the Ray cluster at "
                 f"{self.address!r} has {_resources(total)} in all ({len(nodes)} node(s): {sizes}). Lower "
-                f"cluster.{role.name}_workers or cluster.{role.name}_cpus / _gpus, or add a node "
+                f"cluster.{role.count_key} or cluster.{role.name}_cpus / _gpus, or add a node "
                 "(`ray start --address HOST:PORT` on another machine)")
-        group = placement_group([role.bundle] * role.count, strategy="SPREAD")
+        group = placement_group([role.bundle] * role.count, strategy=role.strategy)
         try:
             ray.get(group.ready(), timeout=self.config.placement_timeout_s)
         except ray.exceptions.GetTimeoutError:
@@ -111,6 +116,19 @@ class Cluster:
             remove_placement_group(group)
         self.groups.clear()
         ray.shutdown()
+
+
+def share_bounds(n: int, workers: int) -> list[tuple[int, int]]:
+    """Contiguous ``[start, stop)`` shares of ``n`` rows for up to ``workers`` workers or ranks, sizes
+    differing by at most one, none empty: ``share_bounds(5, 2) == [(0, 3), (3, 5)]``."""
+    count = max(1, min(workers, n))
+    size, extra = divmod(n, count)
+    bounds, start = [], 0
+    for index in range(count):
+        stop = start + size + (index < extra)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
 
 
 def _python_path() -> str:

@@ -26,7 +26,7 @@ from ray import cloudpickle
 
 from posttrain.config import ClusterConfig
 from posttrain.distributed import ClusterError
-from posttrain.distributed.cluster import Cluster, Role
+from posttrain.distributed.cluster import Cluster, Role, share_bounds
 from posttrain.errors import RewardError
 from posttrain.rewards.base import RewardScores, score_completions
 
@@ -113,19 +113,6 @@ class RewardPool:
                 f"(restarted {RESTARTS} times, the share sent again each time); the last death: {error}. "
                 "A reward function that exhausts the worker's memory or kills its process does this"
             ) from None
-
-
-def share_bounds(n: int, workers: int) -> list[tuple[int, int]]:
-    """Contiguous ``[start, stop)`` shares of ``n`` samples for up to ``workers`` workers, sizes
-    differing by at most one, none empty: ``share_bounds(5, 2) == [(0, 3), (3, 5)]``."""
-    count = max(1, min(workers, n))
-    size, extra = divmod(n, count)
-    bounds, start = [], 0
-    for index in range(count):
-        stop = start + size + (index < extra)
-        bounds.append((start, stop))
-        start = stop
-    return bounds
 
 
 def _share_of_columns(columns: dict[str, Any], start: int, stop: int, n: int) -> dict[str, Any]:
