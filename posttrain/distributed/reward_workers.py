@@ -71,6 +71,7 @@ class RewardPool:
     def __init__(self, cluster: Cluster, config: ClusterConfig) -> None:
         role = Role("reward", config.reward_workers, config.reward_cpus, config.reward_gpus)
         options = cluster.place(role)
+        self._sent: tuple[list[Any], Any] | None = None  # the reward functions last sent, and their object
         self.workers = [RewardWorker.options(**option, max_restarts=RESTARTS, max_task_retries=RESTARTS)
                         .remote(index, role.cpus) for index, option in enumerate(options)]
         try:
@@ -87,8 +88,10 @@ class RewardPool:
         n = len(completions)
         if n == 0 or len(prompts) != n:  # nothing to share out, or its own error to raise
             return score_completions(reward_fns, prompts, completions, columns)
-        _pickle_by_value(reward_fns)
-        fns = ray.put(reward_fns)  # serialised once for every worker
+        if self._sent is None or self._sent[0] is not reward_fns:  # a recipe scores with one list: sent once
+            _pickle_by_value(reward_fns)
+            self._sent = (reward_fns, ray.put(reward_fns))  # a reward model's weights too, not every step
+        fns = self._sent[1]
         shares = share_bounds(n, len(self.workers))
         pending = [worker.score.remote(fns, prompts[start:stop], completions[start:stop],
                                        _share_of_columns(columns, start, stop, n))
