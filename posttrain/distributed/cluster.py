@@ -58,8 +58,10 @@ class Cluster:
         self.config = config
         self.address = config.address.strip()
         self.groups: list[PlacementGroup] = []
-        if ray.is_initialized():  # left over from a run in this process that raised before stopping
-            ray.shutdown()
+        # a process the user already connected (ray.init in a notebook) keeps its connection as it is
+        self.connected_here = not ray.is_initialized()
+        if not self.connected_here:
+            return
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network calls from a training run
         _check_listening(self.address)
         try:
@@ -110,12 +112,13 @@ class Cluster:
                 for index in range(role.count)]
 
     def stop(self) -> None:
-        """Release the run's placement groups (their actors end with them) and disconnect; a cluster
-        started for the run (``local``) stops with it."""
+        """Release the run's placement groups (their actors end with them) and disconnect, unless the
+        process was connected before the run; a cluster started for the run (``local``) stops."""
         for group in self.groups:
             remove_placement_group(group)
         self.groups.clear()
-        ray.shutdown()
+        if self.connected_here:
+            ray.shutdown()
 
 
 def share_bounds(n: int, workers: int) -> list[tuple[int, int]]:

@@ -110,3 +110,19 @@ def test_an_address_where_nothing_listens_fails_at_once() -> None:
     with pytest.raises(ClusterError, match=rf"cluster.address='127.0.0.1:{port}': nothing answers there"):
         _start(f"127.0.0.1:{port}", reward_workers=1)
     assert time.monotonic() - started < 10
+
+
+def test_a_connection_made_before_the_run_is_kept(ray_cluster: str) -> None:
+    import ray
+
+    ray.init(address=ray_cluster, logging_level="WARNING")  # a notebook's own connection
+    try:
+        _start(ray_cluster, reward_workers=1)
+        distributed.shutdown()
+        assert ray.is_initialized()
+        deadline = time.monotonic() + 20  # placement groups are removed asynchronously
+        while ray.available_resources().get("CPU") != 2.0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ray.available_resources().get("CPU") == 2.0, "the run's placement group was released"
+    finally:
+        ray.shutdown()
