@@ -1,9 +1,9 @@
 """Start, join and stop a run's Ray cluster, and place a role's actors on it.
 
-A role (reward workers, later trainer ranks and rollout workers) is ``count`` actors each asking for
-``cpus`` and ``gpus``. It gets a placement group, one bundle per actor, as OpenRLHF and verl do; unlike
-their ``ray.get(pg.ready())``, which waits forever for resources that never come, a request is first
-compared with the cluster's totals and largest node (an error at once), then given
+A role (reward workers, trainer ranks, later rollout workers) is ``count`` actors each asking for
+``cpus`` and ``gpus``. It gets a placement group, one bundle per actor, as OpenRLHF and verl do. Unlike
+OpenRLHF's ``ray.get(pg.ready())`` (launcher.py), which waits forever for resources that never come,
+a request is first compared with the cluster's totals and largest node (an error at once), then given
 ``placement_timeout_s`` to be placed (resources held by other jobs), and either way the error names
 what was asked, what the cluster has and what to change.
 """
