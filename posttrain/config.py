@@ -176,11 +176,12 @@ class ClusterConfig:
     cluster on this machine for the run and stop it after; auto, host:port or ray://host:port = join a
     running cluster (`ray start --head` on one machine, `ray start --address HOST:PORT` on the others)."""
     trainers: int = 1
-    """Data-parallel trainer ranks (one torch.distributed group); 1 trains in this process."""
+    """Data-parallel trainer ranks (one torch.distributed group); 1 trains in this process (more: not
+    yet wired to the recipes)."""
     sharding: str = "ddp"
     """How trainer ranks share the model: ddp (a full copy each) or fsdp (torch's fully_shard)."""
     rollout_workers: int = 0
-    """Ray actors each holding a rollout engine (0: sample in this process)."""
+    """Ray actors each holding a rollout engine (0: sample in this process; more: not yet)."""
     reward_workers: int = 0
     """Ray actors running the reward functions and the code sandbox, the batch split across them
     (0: score in this process)."""
