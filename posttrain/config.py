@@ -176,6 +176,77 @@ class SamplingConfig:
     engine-owned bf16 copy of an fp32 model (faster; it follows every optimizer step by itself)."""
 
 
+@dataclass
+class ClusterConfig:
+    address: str = ""
+    """Where the run's roles live: empty = this process only (Ray is not imported); local = start a Ray
+    cluster on this machine for the run and stop it after; auto, host:port or ray://host:port = join a
+    running cluster (`ray start --head` on one machine, `ray start --address HOST:PORT` on the others)."""
+    trainers: int = 1
+    """Data-parallel trainer ranks (one torch.distributed group); 1 trains in this process (more: not
+    yet wired to the recipes)."""
+    sharding: str = "ddp"
+    """How trainer ranks share the model: ddp (a full copy each) or fsdp (torch's fully_shard)."""
+    rollout_workers: int = 0
+    """Ray actors each holding a rollout engine (0: sample in this process; more: not yet)."""
+    reward_workers: int = 0
+    """Ray actors running the reward functions and the code sandbox, the batch split across them
+    (0: score in this process)."""
+    trainer_cpus: float = 1.0
+    """CPUs each trainer rank asks the cluster for."""
+    trainer_gpus: float = 0.0
+    """GPUs each trainer rank asks the cluster for."""
+    rollout_cpus: float = 1.0
+    """CPUs each rollout worker asks the cluster for."""
+    rollout_gpus: float = 0.0
+    """GPUs each rollout worker asks the cluster for."""
+    reward_cpus: float = 1.0
+    """CPUs each reward worker asks for; it runs that many sandboxed programs at a time."""
+    reward_gpus: float = 0.0
+    """GPUs each reward worker asks for (a reward model on GPU)."""
+    placement_timeout_s: float = 10.0
+    """Seconds to wait for the cluster to place every role before failing with what was asked and
+    what the cluster has (raise it for a cluster that adds nodes on demand)."""
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.sharding not in SHARDINGS:
+            problems.append(f"sharding: must be one of {', '.join(SHARDINGS)}; got {self.sharding!r}")
+        if self.trainers < 1:
+            problems.append(f"trainers: must be >= 1; got {self.trainers}")
+        for key in ("rollout_workers", "reward_workers", "trainer_cpus", "trainer_gpus", "rollout_cpus",
+                    "rollout_gpus", "reward_cpus", "reward_gpus"):
+            if getattr(self, key) < 0:
+                problems.append(f"{key}: must be >= 0; got {getattr(self, key)}")
+        for role in ("trainer", "rollout", "reward"):
+            if getattr(self, f"{role}_cpus") == 0 and getattr(self, f"{role}_gpus") == 0:
+                problems.append(f"{role}_cpus and {role}_gpus are both 0: a {role} role must ask for a CPU "
+                                "or a GPU")
+        if self.placement_timeout_s <= 0:
+            problems.append(f"placement_timeout_s: must be > 0; got {self.placement_timeout_s}")
+        address = self.address.strip()
+        if address and address not in ("local", "auto") and not _is_host_port(address.removeprefix("ray://")):
+            problems.append(f"address: expected empty, local, auto, host:port or ray://host:port; "
+                            f"got {self.address!r}")
+        wanted = [f"{key}={getattr(self, key)}" for key in ("rollout_workers", "reward_workers")
+                  if getattr(self, key) > 0] + ([f"trainers={self.trainers}"] if self.trainers > 1 else [])
+        if wanted and not address:
+            problems.append(f"{', '.join(wanted)} needs a Ray cluster: set cluster.address to local (start "
+                            "one on this machine), auto or ray://host:port (join a running one)")
+        for key, value in (("trainers", self.trainers > 1), ("rollout_workers", self.rollout_workers > 0)):
+            if value:  # said plainly rather than silently ignored: reward workers come first (issue 20)
+                problems.append(f"{key}: not implemented yet; for now a cluster runs reward workers only "
+                                f"(set cluster.{key}={1 if key == 'trainers' else 0})")
+        return problems
+
+
+SHARDINGS = ("ddp", "fsdp")
+
+
+def _is_host_port(text: str) -> bool:
+    host, _, port = text.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
+
 # ----------------------------------------------------------------------------- documentation
 
 
@@ -452,6 +523,6 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 __all__ = [
-    "DataConfig", "ModelConfig", "OptimConfig", "RunConfig", "SamplingConfig", "field_docs", "help_text",
-    "load_config", "read_yaml", "to_dict", "validate",
+    "ClusterConfig", "DataConfig", "ModelConfig", "OptimConfig", "RunConfig", "SamplingConfig", "field_docs",
+    "help_text", "load_config", "read_yaml", "to_dict", "validate",
 ]

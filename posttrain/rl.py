@@ -19,12 +19,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from posttrain import distributed
 from posttrain.config import DataConfig, ModelConfig, SamplingConfig
 from posttrain.data.chat import prompt_messages
 from posttrain.data.sources import reward_columns
 from posttrain.errors import RewardError
 from posttrain.models import ReferencePolicy
-from posttrain.rewards.base import RewardScores, score_completions
+from posttrain.rewards.base import RewardScores
 from posttrain.rewards.calling import TrainerState, reward_inputs
 from posttrain.rewards.setup import reward_metrics
 from posttrain.rollout import Rollouts, SamplingParams, generate
@@ -53,8 +54,9 @@ def sample_and_score(model: nn.Module, tokenizer: Any, rows: list[dict[str, Any]
     sample_rows = [rows[i // n] for i in range(len(rollouts))]
     reward_prompts, completions = reward_inputs(sample_rows, [prompts[i // n] for i in range(len(rollouts))],
                                                 rollouts.texts)
-    scores = score_completions(reward_fns, reward_prompts, completions, reward_columns(sample_rows),
-                               completion_ids=rollouts.completion_ids, trainer_state=trainer_state)
+    score = distributed.reward_scorer()  # score_completions, or its reward workers on a cluster
+    scores = score(reward_fns, reward_prompts, completions, reward_columns(sample_rows),
+                   completion_ids=rollouts.completion_ids, trainer_state=trainer_state)
     return rollouts, scores, sample_rows
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from posttrain import distributed
 from posttrain.checkpoint import Checkpointer, find_resume_checkpoint, verify_checkpoint
 from posttrain.config import ModelConfig, RunConfig, to_dict
 from posttrain.errors import CheckpointError, RewardError
@@ -86,6 +87,7 @@ class Run:
             summary = {**(summary or {}), **{f"keep_best/{key}": value for key, value in kept.items()}}
             notes = [sentence(kept)]
         self.tracker.close(summary=summary, plot_keys=plot_keys, notes=notes)
+        distributed.stop()
         if notes:
             print(f"[{self.tracker.desc}] {notes[0]}")
         return self.dir
@@ -109,6 +111,7 @@ def start_run(config: Any, recipe: str, model: nn.Module, optimizer: Any, schedu
     trainable, total = count_parameters(model)
     print(f"[{recipe}] run dir {run_dir}; {trainable / 1e6:.1f}M of {total / 1e6:.1f}M parameters trainable"
           + (f"; resuming after step {start_step}" if start_step else ""))
+    distributed.start(config)  # the cluster of config.cluster, if any; Run.finish lets it go
     return Run(dir=run_dir, tracker=tracker, checkpointer=checkpointer, config=config,
                start_step=start_step, state=state)
 

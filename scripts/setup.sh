@@ -15,5 +15,5 @@ fi
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q torch==2.13.0
-.venv/bin/pip install -q -e ".[dev]"
+.venv/bin/pip install -q -e ".[dev,distributed]"  # distributed: Ray, for tests/distributed
 echo "posttrain installed in .venv"

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from posttrain.config import DataConfig, ModelConfig, OptimConfig, RunConfig, SamplingConfig
+from posttrain.config import ClusterConfig, DataConfig, ModelConfig, OptimConfig, RunConfig, SamplingConfig
 from posttrain.data.chat import prompt_messages
 from posttrain.data.formats import write_jsonl
 from posttrain.data.preflight import check_inputs
@@ -65,6 +65,7 @@ class Config:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-5, schedule="cosine"))
     """The SFT stage's optimizer."""
     run: RunConfig = field(default_factory=RunConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=96))
     """Sampling of the N responses (and max_new_tokens of the greedy held-out evaluation)."""
     n: int = 8

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from posttrain.config import DataConfig, ModelConfig, OptimConfig, RunConfig, SamplingConfig
+from posttrain.config import ClusterConfig, DataConfig, ModelConfig, OptimConfig, RunConfig, SamplingConfig
 from posttrain.data.preferences import (
     EncodedPair,
     PairsConfig,
@@ -61,6 +61,7 @@ class Config:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-6, schedule="cosine",
                                                                      warmup_steps=3))
     run: RunConfig = field(default_factory=lambda: RunConfig(steps=60, eval_every=20))
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=48))
     """Greedy generation settings for the held-out task evaluation (max_new_tokens, dtype)."""
     pairs: PairsConfig = field(default_factory=PairsConfig)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from posttrain.advantages import group_advantages, zero_std_groups
-from posttrain.config import DataConfig, ModelConfig, OptimConfig, RunConfig, SamplingConfig
+from posttrain.config import ClusterConfig, DataConfig, ModelConfig, OptimConfig, RunConfig, SamplingConfig
 from posttrain.data.sources import DataOrder, resolve_task
 from posttrain.logprobs import shared_prompt_logprobs, token_logprobs
 from posttrain.losses import policy_loss
@@ -54,6 +54,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     prompts_per_step: int = 4
     """P: prompts per step."""

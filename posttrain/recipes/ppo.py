@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from posttrain.advantages import AdaptiveKLController, gae, kl_shaped_rewards, whiten
-from posttrain.config import DataConfig, ModelConfig, OptimConfig, RunConfig, SamplingConfig
+from posttrain.config import ClusterConfig, DataConfig, ModelConfig, OptimConfig, RunConfig, SamplingConfig
 from posttrain.critic import CRITICS, ActorCritic, load_actor_critic
 from posttrain.data.sources import DataOrder, load_split, resolve_task
 from posttrain.logprobs import token_logprobs
@@ -66,6 +66,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-6))
     run: RunConfig = field(default_factory=RunConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     prompts_per_step: int = 16
     """P: prompts per step."""

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from posttrain.config import DataConfig, ModelConfig, OptimConfig, RunConfig
+from posttrain.config import ClusterConfig, DataConfig, ModelConfig, OptimConfig, RunConfig
 from posttrain.data.preferences import (
     EncodedPair,
     PairsConfig,
@@ -53,6 +53,7 @@ class Config:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-5, schedule="cosine",
                                                                      warmup_steps=5))
     run: RunConfig = field(default_factory=lambda: RunConfig(steps=60, eval_every=20))
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
     """Preference pairs: pairs per step and per forward pass, length limit, rankings, prompt sharing."""
     margin: float = 0.0

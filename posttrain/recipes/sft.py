@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from posttrain.config import DataConfig, ModelConfig, OptimConfig, RunConfig, SamplingConfig
+from posttrain.config import ClusterConfig, DataConfig, ModelConfig, OptimConfig, RunConfig, SamplingConfig
 from posttrain.data.chat import collate_packed, collate_padded, pack
 from posttrain.data.sources import DataOrder
 from posttrain.logprobs import token_logprobs
@@ -37,6 +37,7 @@ class Config:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, schedule="cosine",
                                                                      warmup_steps=5))
     run: RunConfig = field(default_factory=lambda: RunConfig(steps=60))
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=96))
     """Greedy generation settings for held-out evaluation (max_new_tokens, dtype)."""
     batch_size: int = 16
