@@ -18,6 +18,7 @@ from posttrain.data.tasks import arithmetic
 from posttrain.distributed import ClusterError
 from posttrain.errors import RewardError
 from posttrain.rewards.base import check_reward, resolve_reward, score_completions
+from posttrain.rewards.calling import TrainerState
 from posttrain.rewards.code import code_tests_reward
 
 
@@ -32,6 +33,14 @@ def explode_on_bad(prompts: list[Any], completions: list[Any], **_: Any) -> list
     return [1.0] * len(completions)
 
 
+def logging_reward(prompts: list[Any], completions: list[Any], completion_ids: list[list[int]],
+                   trainer_state: Any, log_extra: Any, log_metric: Any, **kwargs: Any) -> list[float]:
+    """Reads completion_ids and trainer_state, logs through both callbacks (TRL's convention)."""
+    log_extra("ids_at_step", [len(ids) * trainer_state.global_step for ids in completion_ids])
+    log_metric("share_size", float(len(completions)))
+    return [0.0] * len(completions)
+
+
 def _start(address: str, **cluster: Any) -> None:
     distributed.start(SimpleNamespace(cluster=ClusterConfig(address=address, **cluster)))
 
@@ -42,8 +51,7 @@ def _batch(tmp_path: Path) -> tuple[list[Any], list[str], dict[str, Any]]:
     completions = ["<answer>5</answer>", "<answer>6</answer>", "5", "", "    return a + b\n",
                    "    return a - b\n", "def add(a, b):\n    return a + b", "def add(a, b):\n    1 / 0"]
     tests = "def check(candidate):\n    assert candidate(2, 3) == 5\n"
-    columns = {"answer": ["5"] * 8, "tests": [tests] * 8, "entry_point": ["add"] * 8,
-               "trainer_state": {"step": 1}}
+    columns = {"answer": ["5"] * 8, "tests": [tests] * 8, "entry_point": ["add"] * 8}
     return prompts, completions, columns
 
 
@@ -56,10 +64,16 @@ def test_reward_workers_give_the_scores_of_one_process(ray_cluster: str, tmp_pat
     prompts[4:] = [code_prompt] * 4
     fns = [("task_correct", check_reward(arithmetic), 1.0), (*resolve_reward(f"{rewards_file}:short"), 0.5),
            ("code", lambda prompts, completions, **kw: code_tests_reward(prompts, completions, **kw), 2.0),
-           ("pid", scorer_process, 0.0)]
-    want = score_completions(fns, prompts, completions, columns)
+           ("pid", scorer_process, 0.0), ("logs", logging_reward, 0.0)]
+    trainer = {"completion_ids": [[7] * (i + 1) for i in range(8)],
+               "trainer_state": TrainerState(global_step=2, max_steps=3)}
+    want = score_completions(fns, prompts, completions, columns, **trainer)
     _start(ray_cluster, reward_workers=2)
-    got = distributed.reward_scorer()(fns, prompts, completions, columns)
+    got = distributed.reward_scorer()(fns, prompts, completions, columns, **trainer)
+    assert got.logged is not None and want.logged is not None
+    assert got.logged.extra == want.logged.extra == {"ids_at_step": [2 * (i + 1) for i in range(8)]}
+    assert sorted(got.logged.metrics) == ["share_size"]  # one log_metric call per worker's share
+    assert sum(got.logged.metrics["share_size"]) == 8
     assert torch.equal(got.total.nan_to_num(-1), want.total.nan_to_num(-1))
     for name in ("task_correct", "short", "code"):
         assert torch.equal(got.per_fn[name].nan_to_num(-1), want.per_fn[name].nan_to_num(-1)), name
