@@ -86,7 +86,11 @@ def run_command(command: str, argv: list[str]) -> Any:
     # its run_arguments(args, config) then returns the result, or None to train as usual.
     run_arguments = getattr(module, "run_arguments", None)
     result = run_arguments(args, config) if run_arguments is not None else None
-    return result if result is not None else module.train(config)
+    if result is not None:
+        return result
+    from posttrain import distributed  # with cluster.trainers > 1, the recipe runs on the trainer ranks
+
+    return distributed.launch(module.train, config)
 
 
 def main(argv: list[str] | None = None) -> int:

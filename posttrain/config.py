@@ -183,8 +183,8 @@ class ClusterConfig:
     cluster on this machine for the run and stop it after; auto, host:port or ray://host:port = join a
     running cluster (`ray start --head` on one machine, `ray start --address HOST:PORT` on the others)."""
     trainers: int = 1
-    """Data-parallel trainer ranks (one torch.distributed group); 1 trains in this process (more: not
-    yet wired to the recipes)."""
+    """Data-parallel trainer ranks (Ray actors in one torch.distributed group, each running the recipe on
+    its share of every batch; rank 0 writes the run); 1 trains in this process."""
     sharding: str = "ddp"
     """How trainer ranks share the model: ddp (a full copy each) or fsdp (torch's fully_shard)."""
     rollout_workers: int = 0
@@ -233,10 +233,13 @@ class ClusterConfig:
         if wanted and not address:
             problems.append(f"{', '.join(wanted)} needs a Ray cluster: set cluster.address to local (start "
                             "one on this machine), auto or ray://host:port (join a running one)")
-        for key, value in (("trainers", self.trainers > 1), ("rollout_workers", self.rollout_workers > 0)):
-            if value:  # said plainly rather than silently ignored: reward workers come first (issue 20)
-                problems.append(f"{key}: not implemented yet; for now a cluster runs reward workers only "
-                                f"(set cluster.{key}={1 if key == 'trainers' else 0})")
+        if self.rollout_workers > 0:  # said plainly rather than silently ignored (issue 20)
+            problems.append("rollout_workers: not implemented yet; for now a cluster runs reward workers "
+                            "and trainer ranks (set cluster.rollout_workers=0)")
+        if self.trainers > 1 and self.reward_workers > 0:
+            problems.append(f"trainers={self.trainers} with reward_workers={self.reward_workers}: not "
+                            "implemented yet; each trainer rank scores its batch itself (set "
+                            "cluster.reward_workers=0, or cluster.trainers=1)")
         return problems
 
 

@@ -74,7 +74,9 @@ class Run:
         """Checkpoint every ``run.save_every`` steps (and whenever ``force``)."""
         every = self.config.run.save_every
         if force or (every > 0 and step % every == 0):
-            self.checkpointer.save(step, model, optimizer, scheduler, {**state, "step": step})
+            if distributed.is_writer():  # trainer ranks hold the same state: rank 0 writes it
+                self.checkpointer.save(step, model, optimizer, scheduler, {**state, "step": step})
+            distributed.barrier()
 
     def finish(self, model: nn.Module, tokenizer: Any, summary: dict[str, Any] | None = None,
                plot_keys: list[str] | None = None, kept: dict[str, Any] | None = None) -> Path:
@@ -97,22 +99,26 @@ def start_run(config: Any, recipe: str, model: nn.Module, optimizer: Any, schedu
               total_steps: int | None = None) -> Run:
     """Create (or reopen with ``run.resume``) the run directory and restore the last checkpoint."""
     run_config: RunConfig = config.run
-    run_dir = make_run_dir(run_config.output_dir, run_config.name or None, recipe,
-                           resume=run_config.resume, overwrite=run_config.overwrite)
+    distributed.check_launched(config)
+    # on trainer ranks, rank 0 makes the run directory and the others write theirs to scratch
+    run_dir = distributed.from_writer(lambda: make_run_dir(
+        run_config.output_dir, run_config.name or None, recipe, resume=run_config.resume,
+        overwrite=run_config.overwrite))
     checkpointer = Checkpointer(run_dir, keep_last=run_config.keep_last)
     start_step, state = 0, {}
     config_dict = to_dict(config)
     if run_config.resume:  # the tracker warns about each changed config key
         state = checkpointer.load(find_resume_checkpoint(run_dir), model, optimizer, scheduler)
         start_step = int(state["step"])
-    tracker = Tracker(run_dir, total_steps=total_steps or run_config.steps, config=config_dict,
+    own_dir = distributed.own_dir(run_dir)
+    tracker = Tracker(own_dir, total_steps=total_steps or run_config.steps, config=config_dict,
                       resume_step=start_step, tensorboard=run_config.tensorboard,
-                      progress=run_config.progress, desc=recipe)
+                      progress=run_config.progress and distributed.is_writer(), desc=recipe)
     trainable, total = count_parameters(model)
     print(f"[{recipe}] run dir {run_dir}; {trainable / 1e6:.1f}M of {total / 1e6:.1f}M parameters trainable"
           + (f"; resuming after step {start_step}" if start_step else ""))
     distributed.start(config)  # the cluster of config.cluster, if any; Run.finish lets it go
-    return Run(dir=run_dir, tracker=tracker, checkpointer=checkpointer, config=config,
+    return Run(dir=own_dir, tracker=tracker, checkpointer=checkpointer, config=config,
                start_step=start_step, state=state)
 
 

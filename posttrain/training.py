@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from posttrain import distributed
 from posttrain.config import ModelConfig, OptimConfig
 from posttrain.errors import PosttrainError
 
@@ -96,6 +97,8 @@ class Stepper:
 
     def step(self) -> dict[str, float]:
         """Clip, step, schedule; or skip when anything is non-finite. Returns train/ metrics."""
+        # trainer ranks (cluster.trainers > 1): each holds its share's gradient; summed, the batch's
+        self._loss_finite = distributed.reduce_gradients(self.params, self._loss_finite)
         grads = [p.grad for p in self.params if p.grad is not None]
         grad_norm = (torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float())
                                                            for g in grads])).item()
@@ -167,12 +170,14 @@ def accumulate(stepper: Stepper, loss_mask_NT: torch.Tensor, micro_batch_size: i
                micro_loss: Any, within: slice | None = None) -> dict[str, float]:
     """Backward ``micro_loss(rows) -> (loss, metrics)`` over micro-batches of the rows ``within`` (default
     all), weighted so the sum is those rows' loss; returns the metrics averaged with the same weights
-    (no optimizer step)."""
-    within = within or slice(0, loss_mask_NT.shape[0])
+    (no optimizer step). On trainer ranks each backs its share of the rows, weighted by the share's
+    part of the normaliser (``distributed.rank_rows``), and the metrics are the whole rows'."""
+    within, share = distributed.rank_rows(loss_mask_NT, within or slice(0, loss_mask_NT.shape[0]), agg)
     slices = [slice(within.start + sl.start, within.start + sl.stop)
               for sl in micro_batches(within.stop - within.start, micro_batch_size)]
     totals: dict[str, float] = {}
     for rows, weight in zip(slices, micro_batch_weights(loss_mask_NT, slices, agg)):
+        weight *= share
         if weight == 0.0:
             continue  # nothing in these rows counts towards the loss
         loss, metrics = micro_loss(rows)
@@ -180,4 +185,4 @@ def accumulate(stepper: Stepper, loss_mask_NT: torch.Tensor, micro_batch_size: i
         metrics["loss"] = float(loss.detach())
         for key, value in metrics.items():
             totals[key] = totals.get(key, 0.0) + float(value) * weight
-    return totals
+    return distributed.sum_over_ranks(totals)

@@ -7,20 +7,28 @@ always was. Otherwise ``start_run`` (posttrain/runner.py) calls ``start`` once p
 ``reward_scorer()``, which is ``score_completions`` itself in one process and a pool of reward
 workers (``reward_workers.RewardPool``) on a cluster.
 
-What runs on a cluster so far: reward workers (reward functions and the code sandbox). Trainer ranks
-(``trainers.py``: a torch.distributed group of Ray actors and its data-parallel step) are tested but
-no recipe uses them yet, so the config check refuses ``cluster.trainers > 1``, and rollout workers,
-until they are wired in (issue 20).
+What runs on a cluster: reward workers (reward functions and the code sandbox), and with
+``cluster.trainers > 1`` the recipe itself on trainer ranks (``trainers.py``). ``launch(train, config)``
+(the CLI calls it) runs the recipe's unchanged ``train`` on every rank of one torch.distributed group,
+torchrun-style (as OpenRLHF's and verl's trainer actors do): each rank holds the same batch and backs
+its own share of the rows. The recipe meets the ranks only through the seams below, which are plain
+no-ops in one process: ``rank_rows`` (``training.accumulate``: this rank's rows and its part of the
+batch's loss normaliser), ``reduce_gradients`` (``Stepper.step``: gradients summed over the ranks),
+``sum_over_ranks`` (metrics of the whole batch), ``from_writer`` / ``is_writer`` / ``barrier`` (rank 0
+alone writes the run directory and checkpoints). Rollout workers are not wired in yet (issue 20).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
 
 from posttrain.config import ClusterConfig
-from posttrain.errors import PosttrainError
+from posttrain.errors import ConfigError, PosttrainError
 
+T = TypeVar("T")
 Scorer = Callable[..., Any]
 """``score_completions``'s signature: (reward_fns, prompts, completions, columns) -> RewardScores."""
 
@@ -49,6 +57,111 @@ class _Session:
 _session: _Session | None = None
 
 
+@dataclass(frozen=True)
+class Rank:
+    """Which trainer rank this process is: ``Rank()`` (0 of 1) in one process and in the driver."""
+
+    index: int = 0
+    world: int = 1
+    sharding: str = "ddp"
+
+
+_rank = Rank()
+
+
+def this_rank() -> Rank:
+    return _rank
+
+
+def set_rank(rank: Rank) -> None:
+    """Called by a trainer rank's actor around the recipe it runs (``trainers.run_recipe``)."""
+    global _rank
+    _rank = rank
+
+
+def is_writer() -> bool:
+    """Whether this process writes the run directory, logs and checkpoints: rank 0 (or the only one)."""
+    return _rank.index == 0
+
+
+def launch(train: Callable[..., T], config: Any, **arguments: Any) -> T:
+    """``train(config, **arguments)``: here, or with ``cluster.trainers > 1`` on every trainer rank of the
+    cluster at once (rank 0's result returned). A recipe's ``train`` called directly with trainers > 1
+    raises a ConfigError saying to come through here (the CLI does)."""
+    cluster: ClusterConfig | None = getattr(config, "cluster", None)
+    if cluster is None or cluster.trainers <= 1 or _rank.world > 1:
+        return train(config, **arguments)
+    from posttrain.distributed.trainers import run_on_ranks
+
+    return run_on_ranks(train, config, arguments)
+
+
+def check_launched(config: Any) -> None:
+    """Raise a ConfigError for a run with ``cluster.trainers > 1`` that is not on its trainer ranks."""
+    cluster: ClusterConfig | None = getattr(config, "cluster", None)
+    if cluster is not None and cluster.trainers > 1 and _rank.world == 1:
+        raise ConfigError(
+            f"cluster.trainers={cluster.trainers}: the recipe runs on the trainer ranks, so it is started "
+            "with posttrain.distributed.launch(recipe.train, config, ...) (the CLI does this), not by "
+            "calling its train() directly")
+
+
+def rank_rows(mask_NT: Any, within: slice, agg: str) -> tuple[slice, float]:
+    """This rank's contiguous share of the rows ``within`` and that share's part of their loss
+    normaliser (``training.micro_batch_weights``); ``(within, 1.0)`` in one process."""
+    if _rank.world == 1:
+        return within, 1.0
+    from posttrain.distributed.trainers import rank_rows as on_ranks
+
+    return on_ranks(_rank, mask_NT, within, agg)
+
+
+def reduce_gradients(params: list[Any], loss_finite: bool) -> bool:
+    """Sum the ranks' gradients into every rank's ``params`` (weighted shares of the batch's loss add
+    up to its gradient); returns whether every rank's losses were finite. Nothing in one process."""
+    if _rank.world == 1:
+        return loss_finite
+    from posttrain.distributed.trainers import reduce_gradients as on_ranks
+
+    return on_ranks(params, loss_finite)
+
+
+def sum_over_ranks(metrics: dict[str, float]) -> dict[str, float]:
+    """Each metric summed over the ranks (each rank's already weighted by its share of the batch)."""
+    if _rank.world == 1:
+        return metrics
+    from posttrain.distributed.trainers import sum_over_ranks as on_ranks
+
+    return on_ranks(metrics)
+
+
+def from_writer(make: Callable[[], T]) -> T:
+    """``make()`` on the writer (rank 0) and its result on every rank (a run directory's path)."""
+    if _rank.world == 1:
+        return make()
+    from posttrain.distributed.trainers import broadcast_from_writer
+
+    return broadcast_from_writer(make if is_writer() else None)
+
+
+def own_dir(run_dir: Path) -> Path:
+    """Where this process writes what belongs in ``run_dir``: ``run_dir`` itself on the writer, a scratch
+    folder (removed when the rank's run ends) on the other ranks."""
+    if is_writer():
+        return run_dir
+    from posttrain.distributed.trainers import scratch_dir
+
+    return Path(scratch_dir())
+
+
+def barrier() -> None:
+    """Every rank waits here for the others (the writer's checkpoint is complete after it)."""
+    if _rank.world > 1:
+        from posttrain.distributed.trainers import barrier as on_ranks
+
+        on_ranks()
+
+
 def start(config: Any) -> None:
     """Connect the run of ``config`` (a recipe config) to the cluster its ``cluster`` section names, if
     any, and place its roles. Raises ClusterError (within ``placement_timeout_s``) when it cannot.
@@ -58,6 +171,8 @@ def start(config: Any) -> None:
     run that raised before ``stop``."""
     global _session
     cluster: ClusterConfig | None = getattr(config, "cluster", None)
+    if _rank.world > 1:  # a trainer rank: the driver (``launch``) holds the cluster
+        return
     wanted = cluster is not None and bool(cluster.address.strip())
     if _session is not None and (not wanted or cluster == _session.config):
         _session.depth += 1
@@ -93,4 +208,6 @@ def reward_scorer() -> Scorer:
     return score_completions
 
 
-__all__ = ["ClusterError", "Scorer", "reward_scorer", "shutdown", "start", "stop"]
+__all__ = ["ClusterError", "Rank", "Scorer", "barrier", "check_launched", "from_writer", "is_writer",
+           "launch", "own_dir", "rank_rows", "reduce_gradients", "reward_scorer", "set_rank", "shutdown",
+           "start", "stop", "sum_over_ranks", "this_rank"]

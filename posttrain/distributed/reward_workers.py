@@ -93,7 +93,7 @@ class RewardPool:
             return score_completions(reward_fns, prompts, completions, columns, completion_ids=completion_ids,
                                      trainer_state=trainer_state)
         if self._sent is None or self._sent[0] is not reward_fns:  # a recipe scores with one list: sent once
-            _pickle_by_value(reward_fns)
+            pickle_by_value([fn for _, fn, _ in reward_fns])
             self._sent = (reward_fns, ray.put(reward_fns))  # a reward model's weights too, not every step
         fns = self._sent[1]
         shares = share_bounds(n, len(self.workers))
@@ -133,11 +133,11 @@ def _shifted(message: str, offset: int) -> str:
     return re.sub(r"\b(sample|row) (\d+)\b", lambda m: f"{m[1]} {int(m[2]) + offset}", message)
 
 
-def _pickle_by_value(reward_fns: list[tuple[str, Any, float]]) -> None:
+def pickle_by_value(functions: list[Any]) -> None:
     """Send the code of user reward functions to the workers: a reward file loaded by path, or a test
     or notebook module, cannot be imported by name on another node. posttrain's own, the standard
     library's and installed packages' functions go by reference."""
-    for _, fn, _ in reward_fns:
+    for fn in functions:
         name = getattr(getattr(fn, "func", fn), "__module__", None) or ""
         module = sys.modules.get(name)
         top = name.partition(".")[0]

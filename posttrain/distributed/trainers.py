@@ -1,24 +1,34 @@
-"""Trainer ranks: Ray actors forming one torch.distributed group, and a data-parallel step on them.
+"""Trainer ranks: Ray actors forming one torch.distributed group, each running the recipe itself.
 
-``TrainerGroup`` places ``cluster.trainers`` actors together (PACK), has rank 0 pick the rendezvous
-address, and joins them in one process group (gloo on CPU, nccl when the ranks have GPUs).
-``TrainerGroup.run(fn, *args)`` calls ``fn(rank, world, *args)`` on every rank (a Ray actor call,
-no RPC of ours) and returns the results in rank order.
+``run_on_ranks`` (``distributed.launch`` with ``cluster.trainers > 1``) places the ranks together
+(PACK), has rank 0 pick the rendezvous address, joins them in one process group (gloo on CPU, nccl
+when the ranks have GPUs) and calls the recipe's ``train(config, **arguments)`` on every rank, as
+torchrun would start the same script on every rank (OpenRLHF's and verl's trainer actors do the same
+inside Ray). Every rank seeds, loads and samples alike, so each holds the same batch; the seams in
+``posttrain.distributed`` make the step data-parallel:
 
-``data_parallel_step`` is what each rank does for one optimizer step (DDP's gradient all-reduce,
-written out so that the loss normaliser stays global): every rank holds the whole batch, backs its
-own contiguous share of rows through ``training.accumulate``, weights those gradients by the
-share's part of the batch's normaliser (its tokens for ``token_mean``, rows with a token for
-``sequence_mean``, rows for ``constant``: ``training.micro_batch_weights``), and sums them over the
-ranks; the sum is the gradient of the whole batch's loss, so every rank then takes the step of one
-process on that batch. A non-finite loss on any rank makes every rank skip the step together.
+- ``rank_rows``: ``training.accumulate`` backs only this rank's contiguous share of the rows, its
+  loss weighted by the share's part of the batch's normaliser (its tokens for ``token_mean``, rows
+  with a token for ``sequence_mean``, rows for ``constant``), so the shares' losses add up to the
+  whole batch's loss, not to a mean of per-rank means;
+- ``reduce_gradients``: ``Stepper.step`` sums the gradients over the ranks (one all-reduce per
+  optimizer step, as DDP does under ``no_sync`` until the last micro-batch); every rank then takes
+  the step of one process on the whole batch, and a non-finite loss on any rank skips it on all;
+- rank 0 alone writes the run directory, logs and checkpoints (``runner.start_run`` / ``Run.save``);
+  the others write into a scratch folder removed at the end, and print nothing.
 
-Not yet wired to the recipes (issue 20): ``cluster.trainers > 1`` is still refused by the config check.
+Faults: a rank that dies (SIGKILL, out of memory, a lost node) stops the run with a ClusterError
+naming it; the others are stopped (they cannot go on without its share) and the last checkpoint
+resumes with ``--resume``, with the same or another number of ranks (the checkpoint is one process's).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import sys
+import tempfile
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -27,12 +37,19 @@ import ray
 import torch
 import torch.distributed as dist
 
+from posttrain import distributed
 from posttrain.config import ClusterConfig
+from posttrain.distributed import ClusterError, Rank
 from posttrain.distributed.cluster import Cluster, Role, share_bounds
-from posttrain.training import Stepper, accumulate, micro_batch_weights
+from posttrain.distributed.reward_workers import pickle_by_value
+from posttrain.training import micro_batch_weights
 
-GROUP_TIMEOUT = timedelta(seconds=120)
-"""How long a collective waits for a missing rank before failing (a dead rank stops the run)."""
+GROUP_TIMEOUT = timedelta(minutes=30)
+"""How long a collective waits for the other ranks: long, since only rank 0 writes checkpoints and a
+dead rank is noticed by Ray (``TrainerGroup.run``), not by this timeout."""
+FAILURE_GRACE_S = 20.0
+"""After one rank fails, how long to wait for the others' outcome before stopping them: a rank that
+died makes its peers' collectives fail within seconds, and the death is the error to report."""
 
 
 @ray.remote
@@ -71,46 +88,150 @@ class TrainerGroup:
                  for index, rank in enumerate(self.ranks)])
 
     def run(self, fn: Callable[..., Any], *args: Any) -> list[Any]:
-        """``fn(rank, world, *args)`` on every rank at once; the results in rank order."""
-        return ray.get([rank.run.remote(fn, *args) for rank in self.ranks])
+        """``fn(rank, world, *args)`` on every rank at once; the results in rank order. The first
+        failure stops every rank: a dead rank raises ClusterError, a rank's exception is raised again."""
+        pending = [rank.run.remote(fn, *args) for rank in self.ranks]
+        results: dict[int, Any] = {}
+        waiting = list(pending)
+        while waiting:
+            done, waiting = ray.wait(waiting, num_returns=1)
+            index = pending.index(done[0])
+            try:
+                results[index] = ray.get(done[0])
+            except ray.exceptions.RayError as error:
+                raise self._failure(pending, index, error) from None
+        return [results[index] for index in range(len(self.ranks))]
 
-    def stop(self) -> None:
-        ray.get([rank.leave.remote() for rank in self.ranks])
+    def _failure(self, pending: list[Any], failed: int, error: BaseException) -> BaseException:
+        """The error to raise for a run whose rank ``failed`` raised ``error``: the first death among the
+        ranks if any died, else that rank's own exception. Stops every rank."""
+        outcomes = {failed: error}
+        ray.wait(pending, num_returns=len(pending), timeout=FAILURE_GRACE_S)
+        for index, ref in enumerate(pending):
+            if index != failed:
+                try:
+                    ray.get(ref, timeout=0)
+                except ray.exceptions.GetTimeoutError:
+                    pass
+                except ray.exceptions.RayError as other:
+                    outcomes[index] = other
+        self.kill()
+        deaths = {index: e for index, e in outcomes.items() if isinstance(e, ray.exceptions.RayActorError)}
+        if deaths:
+            index, death = min(deaths.items())
+            return ClusterError(
+                f"trainer rank {index} of {len(self.ranks)} died ({type(death).__name__}: "
+                f"{str(death).splitlines()[0][:300]}); the run stopped, since the other ranks cannot take "
+                "a step without its share of the batch. Its last checkpoint is intact: continue with "
+                "--resume RUN_DIR (run.resume=true), with this or another number of cluster.trainers")
+        cause = getattr(error, "cause", None)
+        return cause if isinstance(cause, BaseException) else error
+
+    def kill(self) -> None:
         for rank in self.ranks:
             ray.kill(rank)
 
+    def stop(self) -> None:
+        ray.get([rank.leave.remote() for rank in self.ranks])
+        self.kill()
 
-def data_parallel_step(stepper: Stepper, loss_mask_NT: torch.Tensor, micro_batch_size: int, agg: str,
-                       micro_loss: Any, rank: int, world: int) -> dict[str, float]:
-    """This rank's part of one optimizer step on the whole batch ``loss_mask_NT [N, T]`` (same on every
-    rank); ``micro_loss(rows)`` as for ``training.accumulate``. Returns the step's loss metrics
-    (summed over ranks, so they are the whole batch's) and ``stepper.step()``'s train/ metrics."""
-    n_rows = loss_mask_NT.shape[0]
-    if n_rows < world:
-        raise ValueError(f"a batch of {n_rows} rows cannot be shared by {world} trainer ranks")
-    shards = [slice(start, stop) for start, stop in share_bounds(n_rows, world)]
-    share = micro_batch_weights(loss_mask_NT, shards, agg)[rank]
-    losses_finite = [True]
 
-    def checked_loss(rows: slice) -> tuple[torch.Tensor, dict[str, float]]:
-        loss, metrics = micro_loss(rows)
-        losses_finite[0] &= bool(torch.isfinite(loss.detach()).all())
-        return loss, metrics
+def run_on_ranks(train: Callable[..., Any], config: Any, arguments: dict[str, Any]) -> Any:
+    """``train(config, **arguments)`` on ``config.cluster.trainers`` ranks of the cluster its
+    ``cluster.address`` names; rank 0's result (the run directory)."""
+    pickle_by_value(arguments.get("reward_fns") or [])  # a notebook's reward functions go by value
+    cluster = Cluster(config.cluster)
+    try:
+        group = TrainerGroup(cluster, config.cluster)
+        results = group.run(run_recipe, train, config, arguments, os.getcwd(), config.cluster.sharding)
+        group.stop()
+        return results[0]
+    finally:
+        cluster.stop()
 
-    metrics = accumulate(stepper, loss_mask_NT, micro_batch_size, agg, checked_loss, within=shards[rank])
-    finite = torch.tensor([float(losses_finite[0])], device=stepper.params[0].device)
-    dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-    for param in stepper.params:  # a rank with no gradient for a parameter adds zeros
-        gradient = param.grad if param.grad is not None else torch.zeros_like(param)
-        gradient.mul_(share if finite.item() == 1.0 else float("nan"))  # NaN: every rank skips the step
-        dist.all_reduce(gradient)
-        param.grad = gradient
-    shares: list[Any] = [None] * world  # metrics are few floats: gathered as objects, whatever their keys
-    dist.all_gather_object(shares, {name: value * share for name, value in metrics.items()})
-    result: dict[str, float] = {}
-    for part in shares:
+
+def run_recipe(index: int, world: int, train: Callable[..., Any], config: Any, arguments: dict[str, Any],
+               cwd: str, sharding: str) -> Any:
+    """On a rank: ``train(config, **arguments)`` in the driver's working folder (relative data and
+    output paths mean the same; on several machines they must be on a shared file system), rank 0
+    printing for all."""
+    distributed.set_rank(Rank(index, world, sharding))
+    os.chdir(cwd)
+    stdout = sys.stdout
+    if index > 0:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (closed below)
+    try:
+        return train(config, **arguments)
+    finally:
+        if index > 0:
+            sys.stdout.close()
+            sys.stdout = stdout
+        distributed.set_rank(Rank())
+        remove_scratch()
+
+
+_scratch: dict[int, str] = {}
+
+
+def scratch_dir() -> str:
+    """A folder of this process for what a rank other than 0 would write into the run directory."""
+    if os.getpid() not in _scratch:
+        _scratch[os.getpid()] = tempfile.mkdtemp(prefix="posttrain-rank-")
+    return _scratch[os.getpid()]
+
+
+def remove_scratch() -> None:
+    folder = _scratch.pop(os.getpid(), None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def rank_rows(rank: Rank, mask_NT: torch.Tensor, within: slice, agg: str) -> tuple[slice, float]:
+    """``distributed.rank_rows`` on a rank: contiguous shares of ``within`` differing by at most a row
+    (``share_bounds``); a rank beyond the rows gets none."""
+    shards = [slice(within.start + start, within.start + stop)
+              for start, stop in share_bounds(within.stop - within.start, rank.world)]
+    if rank.index >= len(shards) or within.stop <= within.start:
+        return slice(within.stop, within.stop), 0.0
+    return shards[rank.index], micro_batch_weights(mask_NT, shards, agg)[rank.index]
+
+
+def reduce_gradients(params: list[torch.nn.Parameter], loss_finite: bool) -> bool:
+    """``distributed.reduce_gradients`` on a rank: one all-reduce of every gradient flattened together.
+    A parameter no rank has a gradient for keeps none (the optimizer skips it, as in one process)."""
+    device = params[0].device
+    flags = torch.tensor([p.grad is not None for p in params] + [not loss_finite], dtype=torch.float32,
+                         device=device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    with_grad = [p for p, had in zip(params, flags[:-1].tolist()) if had]
+    for param in with_grad:
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+    if with_grad:
+        flat = torch.cat([param.grad.reshape(-1) for param in with_grad])
+        dist.all_reduce(flat)
+        for param, part in zip(with_grad, flat.split([param.numel() for param in with_grad])):
+            param.grad.copy_(part.view_as(param.grad))
+    return not bool(flags[-1])
+
+
+def sum_over_ranks(metrics: dict[str, float]) -> dict[str, float]:
+    """``distributed.sum_over_ranks`` on a rank (a few floats, gathered as objects whatever their keys)."""
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, metrics)
+    total: dict[str, float] = {}
+    for part in parts:
         for name, value in part.items():
-            result[name] = result.get(name, 0.0) + value
-    result.update(stepper.step())
-    return result
+            total[name] = total.get(name, 0.0) + value
+    return total
+
+
+def broadcast_from_writer(make: Callable[[], Any] | None) -> Any:
+    box = [make() if make is not None else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    dist.barrier()
 

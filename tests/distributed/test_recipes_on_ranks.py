@@ -1,0 +1,75 @@
+"""Recipes on 2 trainer ranks of a real two-node Ray cluster: one step gives the weights of the
+single-process step on the same batch (the loss normaliser is the whole batch's, not each rank's),
+rank 0 alone writes the run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from posttrain import distributed
+from posttrain.config import load_config
+from posttrain.recipes import dpo, grpo, sft
+
+COMMON = ["model.autocast=none", "run.name=t", "run.progress=false", "run.steps=1", "data.train=arithmetic",
+          "data.eval_size=0", "sampling.max_new_tokens=4", "sampling.dtype=float32", "optim.warmup_steps=0",
+          "optim.schedule=constant"]
+LENGTHS = Path(__file__).parent / "lengths.py"  # the task's reward scores a random model's samples all 0
+RECIPES: dict[str, tuple[Any, list[str]]] = {
+    # 5 rows shared 3 + 2 by the ranks, micro-batches of 2: the shares' token counts differ
+    "sft": (sft, ["batch_size=5", "micro_batch_size=2", "data.train_size=16", "optim.lr=1e-3"]),
+    "dpo": (dpo, ["pairs.batch_size=3", "pairs.micro_batch_size=2", "data.train_size=16",
+                  "data.options={kind: format}", "optim.lr=1e-3"]),
+    "grpo": (grpo, ["prompts_per_step=2", "samples_per_prompt=3", "micro_batch_size=2", "data.train_size=8",
+                    "loss_agg=token_mean", "optim.lr=1e-3", f"rewards=[{LENGTHS}:length]"]),
+}
+
+
+def _run(recipe: str, model_dir: str, out: Path, *overrides: str) -> Path:
+    module, own = RECIPES[recipe]
+    config = load_config(module.Config, None, [f"model.name={model_dir}", f"run.output_dir={out}", *COMMON,
+                                               *own, *overrides])
+    return distributed.launch(module.train, config)
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "final" / "model.safetensors"))
+
+
+def _losses(run_dir: Path) -> list[float]:
+    return [row["train/loss"] for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+            if "train/loss" in row]
+
+
+@pytest.mark.parametrize("recipe", ["sft", "dpo", "grpo"])
+def test_two_ranks_take_the_single_process_step(recipe: str, ray_cluster: str, tiny_model_dir: str,
+                                                tmp_path: Path) -> None:
+    one = _run(recipe, tiny_model_dir, tmp_path / "one")
+    two = _run(recipe, tiny_model_dir, tmp_path / "two", f"cluster.address={ray_cluster}",
+               "cluster.trainers=2")
+    start, want, got = _weights_of(tiny_model_dir), _weights(one), _weights(two)
+    assert max(float((want[k] - start[k]).abs().max()) for k in want) > 1e-4, "the step moved the weights"
+    worst = max(float((got[k] - want[k]).abs().max()) for k in want)
+    assert worst < 1e-5, f"{recipe}: 2 ranks' weights are {worst:.2e} from the one-process step"
+    assert _losses(two) == pytest.approx(_losses(one), rel=1e-5, abs=1e-6)
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+
+
+def _weights_of(model_dir: str) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(model_dir) / "model.safetensors"))
+
+
+def test_train_called_directly_with_trainers_says_to_launch(tiny_model_dir: str, tmp_path: Path) -> None:
+    from posttrain.errors import ConfigError
+
+    module, own = RECIPES["sft"]
+    config = load_config(module.Config, None, [f"model.name={tiny_model_dir}", f"run.output_dir={tmp_path}",
+                                               *COMMON, *own, "cluster.address=local", "cluster.trainers=2"])
+    with pytest.raises(ConfigError, match=r"posttrain.distributed.launch\(recipe.train, config"):
+        module.train(config)
+    assert not (tmp_path / "t").exists(), "nothing written"
