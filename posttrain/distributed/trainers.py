@@ -87,9 +87,10 @@ class TrainerGroup:
         ray.get([rank.join.remote(address, index, len(self.ranks), backend)
                  for index, rank in enumerate(self.ranks)])
 
-    def run(self, fn: Callable[..., Any], *args: Any) -> list[Any]:
+    def run(self, fn: Callable[..., Any], *args: Any, run_dir: str = "RUN_DIR") -> list[Any]:
         """``fn(rank, world, *args)`` on every rank at once; the results in rank order. The first
-        failure stops every rank: a dead rank raises ClusterError, a rank's exception is raised again."""
+        failure stops every rank: a dead rank raises ClusterError (saying to resume ``run_dir``), a
+        rank's exception is raised again."""
         pending = [rank.run.remote(fn, *args) for rank in self.ranks]
         results: dict[int, Any] = {}
         waiting = list(pending)
@@ -99,10 +100,10 @@ class TrainerGroup:
             try:
                 results[index] = ray.get(done[0])
             except ray.exceptions.RayError as error:
-                raise self._failure(pending, index, error) from None
+                raise self._failure(pending, index, error, run_dir) from None
         return [results[index] for index in range(len(self.ranks))]
 
-    def _failure(self, pending: list[Any], failed: int, error: BaseException) -> BaseException:
+    def _failure(self, pending: list[Any], failed: int, error: BaseException, run_dir: str) -> BaseException:
         """The error to raise for a run whose rank ``failed`` raised ``error``: the first death among the
         ranks if any died, else that rank's own exception. Stops every rank."""
         outcomes = {failed: error}
@@ -123,7 +124,7 @@ class TrainerGroup:
                 f"trainer rank {index} of {len(self.ranks)} died ({type(death).__name__}: "
                 f"{str(death).splitlines()[0][:300]}); the run stopped, since the other ranks cannot take "
                 "a step without its share of the batch. Its last checkpoint is intact: continue with "
-                "--resume RUN_DIR (run.resume=true), with this or another number of cluster.trainers")
+                f"--resume {run_dir} (run.resume=true), with this or another number of cluster.trainers")
         cause = getattr(error, "cause", None)
         return cause if isinstance(cause, BaseException) else error
 
@@ -143,7 +144,9 @@ def run_on_ranks(train: Callable[..., Any], config: Any, arguments: dict[str, An
     cluster = Cluster(config.cluster)
     try:
         group = TrainerGroup(cluster, config.cluster)
-        results = group.run(run_recipe, train, config, arguments, os.getcwd(), config.cluster.sharding)
+        named = config.run.name and os.path.join(config.run.output_dir, config.run.name)
+        results = group.run(run_recipe, train, config, arguments, os.getcwd(), config.cluster.sharding,
+                            run_dir=named or "RUN_DIR (the run directory printed at its start)")
         group.stop()
         return results[0]
     finally:

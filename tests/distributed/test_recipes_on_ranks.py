@@ -5,6 +5,7 @@ rank 0 alone writes the run."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +74,41 @@ def test_train_called_directly_with_trainers_says_to_launch(tiny_model_dir: str,
     with pytest.raises(ConfigError, match=r"posttrain.distributed.launch\(recipe.train, config"):
         module.train(config)
     assert not (tmp_path / "t").exists(), "nothing written"
+
+
+KILLS_RANK_1 = '''
+import os, signal
+from pathlib import Path
+
+from posttrain.distributed import this_rank
+
+
+def length_or_die(completions, trainer_state, **kwargs):
+    """The completions' lengths; trainer rank 1 SIGKILLs itself while scoring step 3 (once)."""
+    mark = Path({mark!r})
+    if this_rank().index == 1 and trainer_state.global_step == 2 and not mark.exists():
+        mark.write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return [float(len(str(completion))) for completion in completions]
+'''
+
+
+def test_killed_rank_stops_the_run_and_resume_continues_it_on_any_shape(ray_cluster: str, tiny_model_dir: str,
+                                                          tmp_path: Path) -> None:
+    from posttrain.distributed import ClusterError
+
+    (tmp_path / "kills.py").write_text(KILLS_RANK_1.format(mark=str(tmp_path / "killed")))
+    ranks = [f"cluster.address={ray_cluster}", "cluster.trainers=2", "run.steps=4", "run.save_every=1",
+             f"rewards=[{tmp_path / 'kills.py'}:length_or_die]"]
+    with pytest.raises(ClusterError, match=r"trainer rank 1 of 2 died .*--resume .*two/t "):
+        _run("grpo", tiny_model_dir, tmp_path / "two", *ranks)
+    assert (tmp_path / "killed").exists()
+    shutil.copytree(tmp_path / "two", tmp_path / "other-shape")
+    one = _run("grpo", tiny_model_dir, tmp_path / "one", "run.steps=4", f"rewards=[{LENGTHS}:length]")
+    for resumed in (_run("grpo", tiny_model_dir, tmp_path / "two", *ranks, "run.resume=true"),
+                    _run("grpo", tiny_model_dir, tmp_path / "other-shape", *ranks[2:], "run.resume=true")):
+        steps = [row["step"] for row in map(json.loads, (resumed / "metrics.jsonl").read_text().splitlines())
+                 if "train/loss" in row]
+        assert steps == [1, 2, 3, 4], "every step once: the killed step 3 was taken again after the resume"
+        worst = max(float((_weights(resumed)[k] - _weights(one)[k]).abs().max()) for k in _weights(one))
+        assert worst < 1e-5, f"{resumed}: killed and resumed, {worst:.2e} from 4 steps in one process"
