@@ -186,7 +186,8 @@ class ClusterConfig:
     """Data-parallel trainer ranks (Ray actors in one torch.distributed group, each running the recipe on
     its share of every batch; rank 0 writes the run); 1 trains in this process."""
     sharding: str = "ddp"
-    """How trainer ranks share the model: ddp (a full copy each) or fsdp (torch's fully_shard)."""
+    """How trainer ranks share the model: ddp (a full copy each, gradients summed once per optimizer
+    step) or fsdp (torch's fully_shard; not yet on the recipes)."""
     rollout_workers: int = 0
     """Ray actors each holding a rollout engine (0: sample in this process; more: not yet)."""
     reward_workers: int = 0
@@ -236,6 +237,9 @@ class ClusterConfig:
         if self.rollout_workers > 0:  # said plainly rather than silently ignored (issue 20)
             problems.append("rollout_workers: not implemented yet; for now a cluster runs reward workers "
                             "and trainer ranks (set cluster.rollout_workers=0)")
+        if self.trainers > 1 and self.sharding == "fsdp":
+            problems.append("sharding=fsdp: not implemented yet on the recipes' trainer ranks; use "
+                            "cluster.sharding=ddp (each rank a full copy of the model)")
         if self.trainers > 1 and self.reward_workers > 0:
             problems.append(f"trainers={self.trainers} with reward_workers={self.reward_workers}: not "
                             "implemented yet; each trainer rank scores its batch itself (set "
