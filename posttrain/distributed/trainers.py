@@ -42,6 +42,7 @@ from posttrain.config import ClusterConfig
 from posttrain.distributed import ClusterError, Rank
 from posttrain.distributed.cluster import Cluster, Role, share_bounds
 from posttrain.distributed.reward_workers import pickle_by_value
+from posttrain.errors import PosttrainError
 from posttrain.training import micro_batch_weights
 
 GROUP_TIMEOUT = timedelta(minutes=30)
@@ -105,9 +106,12 @@ class TrainerGroup:
 
     def _failure(self, pending: list[Any], failed: int, error: BaseException, run_dir: str) -> BaseException:
         """The error to raise for a run whose rank ``failed`` raised ``error``: the first death among the
-        ranks if any died, else that rank's own exception. Stops every rank."""
+        ranks if any died, else that rank's own exception. Stops every rank. A PosttrainError (a config,
+        data or checkpoint problem, said for people) is raised at once; anything else may be a peer's
+        death seen through a failed collective, so the others' outcomes are awaited a while."""
         outcomes = {failed: error}
-        ray.wait(pending, num_returns=len(pending), timeout=FAILURE_GRACE_S)
+        if not isinstance(getattr(error, "cause", None), PosttrainError):
+            ray.wait(pending, num_returns=len(pending), timeout=FAILURE_GRACE_S)
         for index, ref in enumerate(pending):
             if index != failed:
                 try:

@@ -47,11 +47,14 @@ def _losses(run_dir: Path) -> list[float]:
             if "train/loss" in row]
 
 
-@pytest.mark.parametrize("recipe", ["sft", "dpo", "grpo"])
-def test_two_ranks_take_the_single_process_step(recipe: str, ray_cluster: str, tiny_model_dir: str,
-                                                tmp_path: Path) -> None:
-    one = _run(recipe, tiny_model_dir, tmp_path / "one")
-    two = _run(recipe, tiny_model_dir, tmp_path / "two", f"cluster.address={ray_cluster}",
+@pytest.mark.parametrize(("recipe", "overrides"), [
+    ("sft", []), ("dpo", []), ("grpo", []),
+    ("grpo", ["loss_agg=constant", "prompts_per_step=1", "samples_per_prompt=5"]),  # rows shared 3 + 2
+])
+def test_two_ranks_take_the_single_process_step(recipe: str, overrides: list[str], ray_cluster: str,
+                                                tiny_model_dir: str, tmp_path: Path) -> None:
+    one = _run(recipe, tiny_model_dir, tmp_path / "one", *overrides)
+    two = _run(recipe, tiny_model_dir, tmp_path / "two", *overrides, f"cluster.address={ray_cluster}",
                "cluster.trainers=2")
     start, want, got = _weights_of(tiny_model_dir), _weights(one), _weights(two)
     assert max(float((want[k] - start[k]).abs().max()) for k in want) > 1e-4, "the step moved the weights"
@@ -63,6 +66,25 @@ def test_two_ranks_take_the_single_process_step(recipe: str, ray_cluster: str, t
 
 def _weights_of(model_dir: str) -> dict[str, torch.Tensor]:
     return load_file(str(Path(model_dir) / "model.safetensors"))
+
+
+def test_a_ranks_config_error_reaches_the_driver_at_once(ray_cluster: str, tiny_model_dir: str,
+                                                        tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 0 refuses to reuse a run directory while rank 1 waits for its path: the driver raises rank
+    0's own error and stops rank 1 at once, not after the grace it gives a failed collective."""
+    import time
+
+    from posttrain.distributed import trainers
+    from posttrain.errors import ConfigError
+
+    monkeypatch.setattr(trainers, "FAILURE_GRACE_S", 300.0)
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "metrics.jsonl").write_text("")
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="already exists and is not empty"):
+        _run("sft", tiny_model_dir, tmp_path, f"cluster.address={ray_cluster}", "cluster.trainers=2")
+    assert time.monotonic() - started < 120, "rank 1, blocked in the broadcast, was waited for"
 
 
 def test_train_called_directly_with_trainers_says_to_launch(tiny_model_dir: str, tmp_path: Path) -> None:
