@@ -272,11 +272,13 @@ class Setup:
 def setup(config: Any, recipe: str, train_kind: str, train_rows: list[dict[str, Any]] | None = None,
           eval_rows: list[dict[str, Any]] | None = None, optimizer_steps_per_step: int = 1,
           load: Callable[[ModelConfig], tuple[nn.Module, Any, torch.device]] = load_policy,
-          lr_by_prefix: dict[str, float] | None = None) -> Setup:
+          lr_by_prefix: dict[str, float] | None = None,
+          evaluated: Callable[[nn.Module], nn.Module] | None = None) -> Setup:
     """Seed, load data and check it with the tokenizer alone (``data.preflight``: before any weights
     load or the run folder exists), load the model (``load``: the policy, or e.g. a reward model),
     build optimizer/schedule/stepper, open (or resume) the run, and evaluate the starting policy on the
-    held-out rows. The LR schedule spans ``run.steps * optimizer_steps_per_step`` optimizer steps
+    held-out rows (``evaluated``: the part of the loaded module that generates, e.g. PPO's policy inside
+    its actor-critic). The LR schedule spans ``run.steps * optimizer_steps_per_step`` optimizer steps
     (RL recipes step several times per rollout); ``lr_by_prefix``: see ``build_optimizer``."""
     from posttrain.data.preflight import check_inputs
     from posttrain.data.sources import load_split, resolve_task
@@ -295,7 +297,8 @@ def setup(config: Any, recipe: str, train_kind: str, train_rows: list[dict[str, 
     scheduler = build_scheduler(optimizer, config.optim, config.run.steps * optimizer_steps_per_step)
     stepper = Stepper(model, optimizer, scheduler, config.optim)
     run = start_run(config, recipe, model, optimizer, scheduler)
-    evaluate = evaluate_and_log(run, model, tokenizer, eval_rows, task, config)
+    policy = evaluated(model) if evaluated is not None else model
+    evaluate = evaluate_and_log(run, policy, tokenizer, eval_rows, task, config)
     before = evaluate(0) if run.start_step == 0 else run.state.get("eval_before", {})
     return Setup(model=model, tokenizer=tokenizer, device=device, optimizer=optimizer, scheduler=scheduler,
                  stepper=stepper, run=run, task=task, train_rows=train_rows, eval_rows=eval_rows,

@@ -55,8 +55,9 @@ from typing import Any
 from posttrain.config import DataConfig, SamplingConfig, load_config, read_yaml, to_dict
 from posttrain.data.chat import prompt_messages
 from posttrain.data.formats import SUFFIXES, load_rows, write_jsonl
+from posttrain.data.preflight import check_eval_prompts
 from posttrain.data.tasks import TASKS, get_task
-from posttrain.errors import CheckpointError, DataError
+from posttrain.errors import CheckpointError, DataError, data_errors
 from posttrain.eval import humaneval
 from posttrain.eval.compare import cell, compare
 from posttrain.eval.metrics import exact_match, majority_vote, pass_at_k
@@ -187,20 +188,29 @@ def is_run_dir(path: Path) -> bool:
         (path / name).exists() for name in ("config.yaml", "metrics.jsonl", "checkpoints", "final"))
 
 
-def load_for_eval(source: str, dtype: str, device: str) -> tuple[Any, Any]:
-    """``(model in eval mode, tokenizer)`` for any model source, a training run directory included."""
+@dataclass(frozen=True)
+class EvalModel:
+    """What ``load_for_eval`` loads, found by ``model_source`` without loading any weights."""
+
+    name: str
+    """The model whose tokenizer and config.json it has: the source itself, a run's final/, or a run's
+    base model."""
+    checkpoint: Path | None = None
+    """A run without final/: its newest valid checkpoint, loaded onto ``name`` built as ``base`` says."""
+    base: dict[str, Any] = field(default_factory=dict)
+    """That run's ``model`` section (LoRA settings and all), from its config.yaml."""
+
+
+def model_source(source: str) -> EvalModel:
+    """What evaluating ``source`` loads: a training run directory's final/ folder, else its newest valid
+    checkpoint on the run's base model; any other source as it is."""
     from posttrain.checkpoint import Checkpointer
-    from posttrain.config import ModelConfig
-    from posttrain.models import is_peft, load_model, load_tokenizer
-    from posttrain.runner import load_policy
 
     path = Path(source)
     if not is_run_dir(path):
-        return load_model(source, dtype, device).eval(), load_tokenizer(source)
+        return EvalModel(source)
     if (path / "final" / "config.json").is_file():
-        final = str(path / "final")
-        print(f"[eval] {path} is a training run: evaluating its final/ folder")
-        return load_model(final, dtype, device).eval(), load_tokenizer(final)
+        return EvalModel(str(path / "final"))
     checkpoint = Checkpointer(path).latest()
     if checkpoint is None:
         raise CheckpointError(f"{path} is a training run directory with neither final/ (written when a "
@@ -210,10 +220,26 @@ def load_for_eval(source: str, dtype: str, device: str) -> tuple[Any, Any]:
     if not base.get("name"):
         raise CheckpointError(f"{path / 'config.yaml'} does not name the run's base model (model.name), "
                               f"needed to rebuild the model saved in {checkpoint}")
-    values = {**base, "dtype": dtype, "device": device, "gradient_checkpointing": False}
+    return EvalModel(str(base["name"]), checkpoint, base)
+
+
+def load_for_eval(source: str, dtype: str, device: str, found: EvalModel | None = None) -> tuple[Any, Any]:
+    """``(model in eval mode, tokenizer)`` for any model source, a training run directory included
+    (``found``: ``model_source(source)`` when the caller has it already)."""
+    from posttrain.checkpoint import Checkpointer
+    from posttrain.config import ModelConfig
+    from posttrain.models import is_peft, load_model, load_tokenizer
+    from posttrain.runner import load_policy
+
+    found = found or model_source(source)
+    if found.checkpoint is None:
+        if found.name != source:
+            print(f"[eval] {source} is a training run: evaluating its final/ folder")
+        return load_model(found.name, dtype, device).eval(), load_tokenizer(found.name)
+    values = {**found.base, "dtype": dtype, "device": device, "gradient_checkpointing": False}
     model, tokenizer, _ = load_policy(load_config(ModelConfig, values=values))
-    Checkpointer(path).load(checkpoint, model, None, None)
-    print(f"[eval] {path} has no final/: evaluating checkpoint {checkpoint.name} on {base['name']}")
+    Checkpointer(Path(source)).load(found.checkpoint, model, None, None)
+    print(f"[eval] {source} has no final/: evaluating checkpoint {found.checkpoint.name} on {found.name}")
     model = model.merge_and_unload() if is_peft(model) else model
     return model.eval(), tokenizer
 
@@ -222,22 +248,48 @@ def load_for_eval(source: str, dtype: str, device: str) -> tuple[Any, Any]:
 
 
 def load_benchmark(config: Config) -> list[dict[str, Any]]:
-    """Validated problems as ``{"id", "kind": task|answer|code, "row", ...}``, before any model loads."""
+    """Validated problems as ``{"id", "kind": task|answer|code, "row", ...}``, before any model loads;
+    every problem of a data file's rows is reported at once."""
+    problems: list[DataError] = []
+    items = benchmark_items(config, benchmark_rows(config), problems)
+    if problems:
+        raise data_errors(problems)
+    return items
+
+
+def benchmark_rows(config: Config) -> list[dict[str, Any]]:
+    """The benchmark's rows: humaneval's, a task's test split drawn as a recipe draws its held-out rows,
+    or a data file's (each with its ``_where``)."""
     kind = benchmark_kind(config.benchmark)
     if kind == "humaneval":
-        return [{"id": row["task_id"], "kind": "code", "row": row, "tests": row["tests"],
-                 "entry_point": row["entry_point"], "solution_prompt": row["prompt"]}
-                for row in humaneval.problems(config.problems)]
+        return humaneval.problems(config.problems)
     if kind == "task":
         from posttrain.data.sources import load_split
 
         data = DataConfig(train=config.benchmark, eval_size=config.problems or DataConfig.eval_size,
                           options=dict(config.options))
-        rows = load_split(data, "eval", "prompts", config.seed)
-        return [{"id": row["_where"], "kind": "task", "row": row, "gold": row["answer"]} for row in rows]
+        return load_split(data, "eval", "prompts", config.seed)
     rows = load_rows(config.benchmark, "prompts")
-    rows = rows[: config.problems] if config.problems else rows
-    return [_file_item(row) for row in rows]
+    return rows[: config.problems] if config.problems else rows
+
+
+def benchmark_items(config: Config, rows: list[dict[str, Any]],
+                    problems: list[DataError]) -> list[dict[str, Any]]:
+    """Each row as a problem ``{"id", "kind", "row", ...}``; a data file's row that is not one adds its
+    DataError to ``problems`` instead."""
+    kind = benchmark_kind(config.benchmark)
+    if kind == "humaneval":
+        return [{"id": row["task_id"], "kind": "code", "row": row, "tests": row["tests"],
+                 "entry_point": row["entry_point"], "solution_prompt": row["prompt"]} for row in rows]
+    if kind == "task":
+        return [{"id": row["_where"], "kind": "task", "row": row, "gold": row["answer"]} for row in rows]
+    items = []
+    for row in rows:
+        try:
+            items.append(_file_item(row))
+        except DataError as error:
+            problems.append(error)
+    return items
 
 
 def adopt_run_data(config: Config, run_config: dict[str, Any]) -> Config:
@@ -285,11 +337,11 @@ def _file_item(row: dict[str, Any]) -> dict[str, Any]:
             "solution_prompt": row["prompt"]}
 
 
-def model_prompt(item: dict[str, Any], config: Config, tokenizer: Any) -> str | list[dict[str, str]]:
+def model_prompt(row: dict[str, Any], config: Config, tokenizer: Any) -> str | list[dict[str, str]]:
     """HumanEval stubs as ``prompt_style`` says; every other row through the chat template."""
     if config.benchmark == "humaneval":
-        return humaneval.model_prompt(item["row"]["prompt"], config.prompt_style, tokenizer)
-    return prompt_messages(item["row"], config.system_prompt or None)
+        return humaneval.model_prompt(row["prompt"], config.prompt_style, tokenizer)
+    return prompt_messages(row, config.system_prompt or None)
 
 
 # ------------------------------------------------------------------------------ sample and judge
@@ -411,7 +463,11 @@ def run(config: Config) -> Path:
     run_yaml = Path(config.model) / "config.yaml"
     if is_run_dir(Path(config.model)) and run_yaml.is_file():
         config = adopt_run_data(config, read_yaml(run_yaml))
-    items = load_benchmark(config)
+    rows, problems = benchmark_rows(config), list[DataError]()
+    items = benchmark_items(config, rows, problems)
+    found = model_source(config.model)  # its tokenizer and window: every prompt checked before loading it
+    prompts = check_eval_prompts(found.name, rows, lambda tok, row: model_prompt(row, config, tok),
+                                 config.sampling.max_new_tokens, problems)
     out_dir = make_run_dir(config.output_dir, config.name or None, f"{_tag(config.benchmark)}-"
                            f"{_tag(config.model)}", resume=False, overwrite=config.overwrite)
     if any(item["kind"] == "code" for item in items):
@@ -419,13 +475,12 @@ def run(config: Config) -> Path:
 
         layers = require_isolation()  # refuse before generating anything, not after
         print(f"[eval] sandbox layers required and present: {', '.join(layers)}")
-    model, tokenizer = load_for_eval(config.model, config.dtype, config.device)
+    model, tokenizer = load_for_eval(config.model, config.dtype, config.device, found)
     humaneval_style = config.benchmark == "humaneval"
     stops = humaneval.stop_strings(config.prompt_style) if humaneval_style else []
     print(f"[eval] {config.benchmark}: {len(items)} problems x n={config.n}, temperature "
           f"{config.temperature()}, <= {config.sampling.max_new_tokens} new tokens"
           + (f", prompt_style {config.prompt_style}" if humaneval_style else ""))
-    prompts = [model_prompt(item, config, tokenizer) for item in items]
     samples = sample(model, tokenizer, prompts, config, stops)
     verifier = None
     if config.answer_match == "math" and any(item["kind"] == "answer" for item in items):

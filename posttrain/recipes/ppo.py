@@ -37,7 +37,7 @@ import torch
 from posttrain.advantages import AdaptiveKLController, gae, kl_shaped_rewards, whiten
 from posttrain.config import ClusterConfig, DataConfig, ModelConfig, OptimConfig, RunConfig, SamplingConfig
 from posttrain.critic import CRITICS, ActorCritic, load_actor_critic
-from posttrain.data.sources import DataOrder, load_split, resolve_task
+from posttrain.data.sources import DataOrder, resolve_task
 from posttrain.logprobs import token_logprobs
 from posttrain.losses import policy_loss, value_loss
 from posttrain.models import ReferencePolicy
@@ -53,7 +53,7 @@ from posttrain.rl import (
     training_batch,
     update_passes,
 )
-from posttrain.runner import Setup, evaluate_and_log, held_out_metrics, log_rollout_samples, setup
+from posttrain.runner import Setup, held_out_metrics, log_rollout_samples, setup
 from posttrain.training import Stepper, autocast, micro_batches
 
 REWARD_MODEL = "reward_model:"
@@ -220,21 +220,17 @@ def ppo_update(config: Config, ac: ActorCritic, stepper: Stepper, batch: Tensors
     return metrics
 
 
-def _evaluate_policy(config: Config, s: Setup, policy: Any, eval_rows: list[dict[str, Any]] | None,
-                     rewards: list[Any]) -> None:
-    """Held-out evaluation of the policy inside the ActorCritic that ``setup`` loaded: the task's check()
-    (eval/accuracy, eval/format) and the rewards of its greedy responses (eval/reward)."""
-    rows = eval_rows if eval_rows is not None else load_split(config.data, "eval", "prompts", config.run.seed)
-    s.eval_rows, s.evaluate = rows, evaluate_and_log(s.run, policy, s.tokenizer, rows, s.task, config)
-    s.eval_before = s.evaluate(0) if s.run.start_step == 0 else s.run.state.get("eval_before", {})
+def _evaluate_rewards(config: Config, s: Setup, policy: Any, rewards: list[Any]) -> None:
+    """Add to the held-out evaluation (the task's check(), on ``policy``: see ``setup``) the rewards of
+    the policy's greedy responses (eval/reward)."""
 
     def reward_evaluation(step: int) -> dict[str, float]:
-        metrics = held_out_rewards(policy, s.tokenizer, rows, rewards, config.sampling, config.data,
+        metrics = held_out_rewards(policy, s.tokenizer, s.eval_rows, rewards, config.sampling, config.data,
                                    TrainerState(step, config.run.steps))
         if metrics:
             s.run.tracker.log(step, {f"eval/{k}": v for k, v in metrics.items()})
             print(f"[eval] step {step}: mean reward {metrics['reward']:.4f} of greedy responses to "
-                  f"{len(rows)} held-out prompts")
+                  f"{len(s.eval_rows)} held-out prompts")
         return metrics
 
     s.also_evaluate(reward_evaluation)
@@ -248,13 +244,12 @@ def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]]
     critic_init = next((r[len(REWARD_MODEL):] for r in config.rewards if r.startswith(REWARD_MODEL)), None)
     load = partial(load_actor_critic, critic=config.critic,
                    init_from=critic_init if config.critic_init == "reward_model" else None)
-    # eval rows are evaluated below, on the policy rather than on the ActorCritic module
-    s = setup(config, "ppo", "prompts", train_rows, [], load=load,
+    s = setup(config, "ppo", "prompts", train_rows, eval_rows, load=load, evaluated=lambda ac: ac.policy,
               optimizer_steps_per_step=config.ppo_epochs * config.mini_batches,
               lr_by_prefix={"value_head.": config.critic_lr, "critic_backbone.": config.critic_lr}
               if config.critic_lr > 0 else None)
     ac: ActorCritic = s.model
-    _evaluate_policy(config, s, ac.policy, eval_rows, rewards)
+    _evaluate_rewards(config, s, ac.policy, rewards)
     reference = reference_policy(config.model, ac.policy, config.beta, config.reference, s.run.start_step > 0)
     kl_control = None
     if config.kl_target > 0:
