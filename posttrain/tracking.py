@@ -317,8 +317,10 @@ class Tracker:
             print(" | ".join(parts), flush=True)
         self._last_step = step
 
-    def close(self, summary: dict[str, Any] | None = None, plot_keys: list[str] | None = None) -> None:
-        """Close the files, then write plots/*.png and summary.md (both atomically). Idempotent."""
+    def close(self, summary: dict[str, Any] | None = None, plot_keys: list[str] | None = None,
+              sections: list[str] | None = None) -> None:
+        """Close the files, then write plots/*.png and summary.md (both atomically; ``sections``: markdown
+        appended to summary.md, e.g. the run-health alarms). Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -331,6 +333,7 @@ class Tracker:
         rows = read_metrics(self.run_dir)
         write_plots(self.run_dir, rows, plot_keys)
         text = summary_markdown(self.run_dir.name, rows, summary, self.total_steps)
+        text += "".join(f"\n{section}" for section in sections or [])
         _write_atomic(self.run_dir / "summary.md", lambda f: f.write(text))
 
     def __enter__(self) -> Tracker:
