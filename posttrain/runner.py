@@ -89,7 +89,7 @@ class Run:
         if self.health is None:
             return False
         metrics, started = self.health.update()
-        self.tracker.log(step, metrics)
+        self.tracker.log(step, metrics, show=False)  # the step printed its progress line already
         for alarm in started:
             print(alarm.line(), flush=True)
         stopping = self.health.stop_reasons()

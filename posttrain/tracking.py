@@ -274,8 +274,8 @@ class Tracker:
             key = f"time/{name}_s"
             self._pending_times[key] = self._pending_times.get(key, 0.0) + time.perf_counter() - start
 
-    def log(self, step: int, metrics: dict[str, Any]) -> None:
-        """Append one row to metrics.jsonl (plus TensorBoard and the progress display)."""
+    def log(self, step: int, metrics: dict[str, Any], show: bool = True) -> None:
+        """Append one row to metrics.jsonl (plus TensorBoard and, with ``show``, the progress display)."""
         for key in _RESERVED:
             if key in metrics:
                 raise ValueError(f"metric name {key!r} is reserved; use e.g. 'train/{key}'")
@@ -289,7 +289,8 @@ class Tracker:
             for key, value in values.items():
                 if value is not None:
                     self._tensorboard.add_scalar(key, value, step)
-        self._show_progress(step, values)
+        if show:
+            self._show_progress(step, values)
 
     def log_samples(self, step: int, rows: list[dict[str, Any]]) -> None:
         """Append one line per sample to samples.jsonl, each with its ``step``."""

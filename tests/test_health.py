@@ -235,3 +235,29 @@ def test_stop_on_stops_a_grpo_run_with_its_checkpoint(tiny_model_dir: str, tmp_p
     assert "[health] no_signal at step 2 (since step 1): 100% of prompt groups had all-equal rewards" in out
     assert "no sample earns no_reward" in out
     assert "[health] stopping after step 2: run.stop_on names no_signal" in out
+    assert "health/" not in out and "| reward_hacking" not in out  # no progress line of the health row
+
+
+@pytest.mark.parametrize("recipe", ["ppo", "best_of_n"])
+def test_alarms_are_on_in_every_rl_recipe(recipe: str, tiny_model_dir: str, tmp_path: Path) -> None:
+    """PPO (one sample per prompt: the batch is the group) and best-of-n (x = round) check the alarms,
+    stop on them, and write the section; a reward nobody earns is no signal."""
+    import importlib
+
+    from posttrain.tracking import read_metrics
+
+    module = importlib.import_module(f"posttrain.recipes.{recipe}")
+    common = [f"model.name={tiny_model_dir}", "model.autocast=none", f"run.output_dir={tmp_path}",
+              "run.name=t", "run.progress=false", "sampling.max_new_tokens=4", "sampling.dtype=float32",
+              "data.train_size=20", "data.eval_size=2", "health.steps=2", "run.stop_on=[no_signal]",
+              "micro_batch_size=2"]
+    own = ["run.steps=4", "prompts_per_step=2", "ppo_epochs=1", "beta=0.1"] if recipe == "ppo" else [
+        "rounds=3", "n=2", "prompts_per_round=2", "batch_size=2"]
+    run_dir = module.train(load_config(module.Config, None, common + own), reward_fns=[no_reward])
+    rows = read_metrics(run_dir)
+    assert max(row["step"] for row in rows if "rollout/frac_zero_std_groups" in row) == 2
+    assert [row["health/no_signal"] for row in rows if "health/no_signal" in row][:2] == [0.0, 1.0]
+    if recipe == "ppo":
+        assert any("policy/kl_per_token" in row for row in rows)
+    summary = (run_dir / "summary.md").read_text()
+    assert "| no_signal | fired at step 2 (since 1); still firing | yes |" in summary

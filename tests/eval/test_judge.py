@@ -136,3 +136,17 @@ def test_cli_flags_and_errors(tiny_model_dir: str, silent_model_dir: str, judges
             load_config(command.Config, values=values)
     with pytest.raises(ConfigError, match=r"config error: judge: reward '.*judges.py:shorter': no function"):
         _run(tmp_path, tiny_model_dir, silent_model_dir, f"{judges}:shorter", "missing")
+
+
+def test_example_judge_prefers_a_plain_one_line_answer() -> None:
+    _, plain = judge_module_function("examples/judges.py:plain_answer")
+    assert plain("What is 2 + 3?", "5", "Sure! Let's add.\n2 + 3 = 5") == "a"
+    assert plain("What is 2 + 3?", "Sure, it is 5", "The answer is 5") == "b"
+    assert plain("What is 2 + 3?", "", "5") == "b"
+    assert plain("What is 2 + 3?", "5", "6") == "tie"
+
+
+def judge_module_function(spec: str) -> Any:
+    from posttrain.rewards.base import resolve_reward
+
+    return resolve_reward(str(Path(__file__).parents[2] / spec))
