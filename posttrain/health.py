@@ -278,13 +278,15 @@ DETECTORS: dict[str, Callable[[list[Row], HealthConfig], Alarm | None]] = {
 }
 
 
-def inputs(name: str, config: HealthConfig) -> tuple[str, ...]:
-    """The metrics an alarm reads (any one of them logged makes it checked)."""
-    return {"no_signal": ("rollout/frac_zero_std_groups",), "reward_hacking": (config.guard,),
-            "entropy_collapse": ("policy/entropy",),
-            "length": ("rollout/clipped_ratio", "rollout/completion_len"),
-            "kl_runaway": ("policy/kl_per_token", "policy/kl"),
-            "nonfinite": ("train/skipped_steps_total",)}[name]
+def inputs(name: str, config: HealthConfig) -> list[tuple[str, ...]]:
+    """The metrics an alarm reads: it is checked when, for every tuple, one of its metrics was logged."""
+    count = COUNT_KEYS.get(config.guard.split("/")[0], f"a count for {config.guard}")
+    return {"no_signal": [("rollout/frac_zero_std_groups",)],
+            "reward_hacking": [(config.guard,), (count,), ("rollout/reward",)],
+            "entropy_collapse": [("policy/entropy",)],
+            "length": [("rollout/clipped_ratio", "rollout/completion_len")],
+            "kl_runaway": [("policy/kl_per_token", "policy/kl")],
+            "nonfinite": [("train/skipped_steps_total",)]}[name]
 
 
 # ------------------------------------------------------------------------------------ the monitor
@@ -312,12 +314,12 @@ class HealthMonitor:
         """New complete lines of metrics.jsonl, merged into the history by step (null -> NaN)."""
         if not self.path.is_file():
             return
-        with open(self.path, encoding="utf-8") as handle:
+        with open(self.path, "rb") as handle:
             handle.seek(self.offset)
-            text = handle.read()
-        complete = text[: text.rfind("\n") + 1]
-        self.offset += len(complete.encode("utf-8"))
-        for line in complete.splitlines():
+            data = handle.read()
+        complete = data[: data.rfind(b"\n") + 1]  # a line still being written is read next time
+        self.offset += len(complete)
+        for line in complete.decode("utf-8", errors="replace").splitlines():
             try:
                 row = json.loads(line)
             except ValueError:
@@ -359,8 +361,9 @@ class HealthMonitor:
             elif times:
                 status = ", ".join(f"fired at step {a.step} (since {a.since})" for a in times)
                 status += "; still firing" if name in self.firing else ""
-            elif not any(key in logged for key in inputs(name, self.config)):
-                status = f"not checked: {' / '.join(inputs(name, self.config))} never logged"
+            elif missing := [" / ".join(keys) for keys in inputs(name, self.config)
+                             if not any(key in logged for key in keys)]:
+                status = f"not checked: {', '.join(missing)} never logged"
             else:
                 status = "silent"
             lines.append(f"| {name} | {status} | {'yes' if name in self.stop_on else 'no'} |")

@@ -83,19 +83,21 @@ class Run:
         self.tracker.close(summary=summary, plot_keys=plot_keys, sections=sections)
         return self.dir
 
-    def check_health(self, step: int) -> bool:
+    def check_health(self, step: int, can_stop: bool = True) -> bool:
         """Check the run-health alarms on everything logged so far: log ``health/`` metrics, print one
-        line per alarm that starts firing; True when one that ``run.stop_on`` names is firing."""
+        line per alarm that starts firing; True when one that ``run.stop_on`` names is firing (and
+        ``can_stop``: not after the last step's final evaluation)."""
         if self.health is None:
             return False
         metrics, started = self.health.update()
         self.tracker.log(step, metrics, show=False)  # the step printed its progress line already
         for alarm in started:
             print(alarm.line(), flush=True)
-        stopping = self.health.stop_reasons()
+        stopping = self.health.stop_reasons() if can_stop else []
         if stopping:
             print(f"[health] stopping after step {step}: run.stop_on names "
-                  f"{', '.join(a.name for a in stopping)}; the checkpoint of step {step} is kept", flush=True)
+                  f"{', '.join(a.name for a in stopping)}; final/ (and a checkpoint, where the recipe keeps "
+                  f"them) holds the model of step {step}", flush=True)
         return bool(stopping)
 
 
@@ -240,7 +242,7 @@ class Setup:
         """Final evaluation, summary, export and plots (eval/ curves only when there were held-out rows)."""
         last = self.stopped_at or self.run.config.run.steps
         after = self.evaluated[1] if self.evaluated and self.evaluated[0] == last else self.evaluate(last)
-        self.run.check_health(last)  # the final evaluation may show a fall of the guard
+        self.run.check_health(last, can_stop=False)  # the final evaluation may show a fall of the guard
         summary = eval_summary(recipe, self.eval_before, after)
         if self.stopped_at is not None:
             summary["stopped_after_step"] = self.stopped_at

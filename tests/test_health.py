@@ -234,7 +234,7 @@ def test_stop_on_stops_a_grpo_run_with_its_checkpoint(tiny_model_dir: str, tmp_p
     out = capsys.readouterr().out
     assert "[health] no_signal at step 2 (since step 1): 100% of prompt groups had all-equal rewards" in out
     assert "no sample earns no_reward" in out
-    assert "[health] stopping after step 2: run.stop_on names no_signal" in out
+    assert out.count("[health] stopping after step 2: run.stop_on names no_signal; final/") == 1
     assert "health/" not in out and "| reward_hacking" not in out  # no progress line of the health row
 
 
@@ -261,3 +261,13 @@ def test_alarms_are_on_in_every_rl_recipe(recipe: str, tiny_model_dir: str, tmp_
         assert any("policy/kl_per_token" in row for row in rows)
     summary = (run_dir / "summary.md").read_text()
     assert "| no_signal | fired at step 2 (since 1); still firing | yes |" in summary
+
+
+def test_reward_hacking_is_not_checked_without_a_count_for_its_guard(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    _append(path, [{"step": 1, "rollout/reward": 0.5, "rollout/reward/task_correct": 0.5}])
+    monitor = HealthMonitor(HealthConfig(guard="rollout/reward/task_correct"), [], path)
+    assert "| reward_hacking | not checked: rollout/samples never logged | no |" in monitor.markdown()
+    _append(path, [{"step": 2, "rollout/reward": 0.5, "rollout/samples": 8.0}])
+    monitor.update()
+    assert "| reward_hacking | silent | no |" in monitor.markdown()

@@ -432,14 +432,14 @@ def aggregate(per_problem: list[dict[str, Any]], samples: list[list[dict[str, An
 def run(config: Config) -> Path:
     """Evaluate ``config.model`` on ``config.benchmark`` (against ``config.baseline`` when a judge is
     given); return the output folder."""
-    if config.judge:
-        from posttrain.eval import judge as judged
-
-        return judged.run(config)
     started = time.perf_counter()
     run_yaml = Path(config.model) / "config.yaml"
     if is_run_dir(Path(config.model)) and run_yaml.is_file():
         config = adopt_run_data(config, read_yaml(run_yaml))
+    if config.judge:  # the run's own held-out prompts too, when the model is a run
+        from posttrain.eval import judge as judged
+
+        return judged.run(config)
     items = load_benchmark(config)
     out_dir = make_run_dir(config.output_dir, config.name or None, f"{name_tag(config.benchmark)}-"
                            f"{name_tag(config.model)}", resume=False, overwrite=config.overwrite)

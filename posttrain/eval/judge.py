@@ -147,6 +147,10 @@ def run(config: command.Config) -> Path:
     items = command.load_benchmark(config)
     ids = [str(item["id"]) for item in items]
     judge = load_judge(config.judge, ids)  # a broken judge file fails before any model loads
+    if any(item["kind"] == "code" for item in items):
+        from posttrain.sandbox import require_isolation
+
+        require_isolation()  # refuse before generating anything, as `posttrain eval` does
     default_name = f"judge-{command.name_tag(config.benchmark)}-{command.name_tag(config.model)}"
     out_dir = make_run_dir(config.output_dir, config.name or None, default_name, resume=False,
                            overwrite=config.overwrite)

@@ -150,3 +150,18 @@ def judge_module_function(spec: str) -> Any:
     from posttrain.rewards.base import resolve_reward
 
     return resolve_reward(str(Path(__file__).parents[2] / spec))
+
+
+def test_a_run_directory_is_judged_on_its_own_held_out_prompts(tiny_model_dir: str, silent_model_dir: str,
+                                                               judges: str, tmp_path: Path) -> None:
+    import shutil
+
+    import yaml
+
+    run_dir = tmp_path / "runs" / "grpo-x"
+    shutil.copytree(tiny_model_dir, run_dir / "final")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(
+        {"data": {"train": "arithmetic", "options": {"ops": ["*"], "digits": 1}}}))
+    out = _run(tmp_path, str(run_dir), silent_model_dir, f"{judges}:longer", "run", problems=3)
+    prompts = [judge.prompt_text(line["prompt"]) for line in _lines(out / "problems.jsonl")]
+    assert all(" * " in prompt for prompt in prompts), prompts
