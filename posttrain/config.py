@@ -462,6 +462,10 @@ def validate(config: Any, path: str = "") -> list[str]:
     if not path and isinstance(run, RunConfig) and run.stop_on and not hasattr(config, "health"):
         problems.append("run.stop_on: this command has no run-health alarms (grpo, ppo and best-of-n have); "
                         "drop run.stop_on")
+    health = getattr(config, "health", None)
+    if not path and isinstance(run, RunConfig) and isinstance(health, HealthConfig):
+        problems += [f"run.stop_on names {name}, which health.off turns off: drop it from one of them"
+                     for name in run.stop_on if name in health.off]
     return problems
 
 

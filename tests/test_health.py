@@ -201,6 +201,8 @@ def test_config_names_alarms() -> None:
         load_config(grpo.Config, overrides=["health.off=[kl]"])
     with pytest.raises(ConfigError, match=r"run.stop_on: this command has no run-health alarms"):
         load_config(sft.Config, overrides=["run.stop_on=[all]"])
+    with pytest.raises(ConfigError, match=r"run.stop_on names length, which health.off turns off"):
+        load_config(grpo.Config, overrides=["run.stop_on=[length]", "health.off=[length]"])
     assert load_config(grpo.Config, overrides=["run.stop_on=[all]"]).run.stop_on == ["all"]
 
 
