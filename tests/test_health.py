@@ -273,3 +273,14 @@ def test_reward_hacking_is_not_checked_without_a_count_for_its_guard(tmp_path: P
     _append(path, [{"step": 2, "rollout/reward": 0.5, "rollout/samples": 8.0}])
     monitor.update()
     assert "| reward_hacking | silent | no |" in monitor.markdown()
+
+
+def test_example_guard_scores_the_last_number() -> None:
+    from posttrain.rewards.base import resolve_reward
+
+    spec = Path(__file__).parents[1] / "examples" / "guards.py:last_number_correct"
+    name, guard = resolve_reward(str(spec))
+    assert name == "last_number_correct"
+    completions = ["7 + 5 = 12", "<answer>12</answer>", "12, no: 13",
+                   [{"role": "assistant", "content": "-3"}], ""]
+    assert guard([None] * 5, completions, answer=["12", "12", "12", "-3", "1"]) == [1.0, 1.0, 0.0, 1.0, 0.0]
