@@ -38,7 +38,8 @@ from typing import Any
 
 from posttrain.config import to_dict
 from posttrain.data.formats import write_jsonl
-from posttrain.errors import ConfigError, PosttrainError
+from posttrain.data.preflight import check_eval_prompts
+from posttrain.errors import ConfigError, DataError, PosttrainError
 from posttrain.eval import command
 from posttrain.eval.compare import cell
 from posttrain.eval.metrics import win_rate
@@ -117,9 +118,10 @@ def outcomes(verdicts: list[str], evaluated_at: list[str]) -> list[str]:
 
 def _answers(source: str, items: list[dict[str, Any]], config: command.Config) -> list[dict[str, Any]]:
     """Greedy answers of one model, judged for correctness; the model is freed afterwards."""
-    model, tokenizer = command.load_for_eval(source, config.dtype, config.device)
+    found = command.model_source(source)
+    model, tokenizer = command.load_for_eval(source, config.dtype, config.device, found)
     stops = command.humaneval.stop_strings(config.prompt_style) if config.benchmark == "humaneval" else []
-    prompts = [command.model_prompt(item, config, tokenizer) for item in items]
+    prompts = [command.model_prompt(item["row"], config, tokenizer) for item in items]
     samples = command.sample(model, tokenizer, prompts, config, stops)
     del model
     verifier = None
@@ -144,7 +146,12 @@ def run(config: command.Config) -> Path:
     """Evaluate ``config.model`` against ``config.baseline`` with ``config.judge``; the output folder."""
     started = time.perf_counter()
     config = dataclasses.replace(config, greedy=True)
-    items = command.load_benchmark(config)
+    rows, problems = command.benchmark_rows(config), list[DataError]()
+    items = command.benchmark_items(config, rows, problems)
+    for source in (config.model, config.baseline):  # every prompt fits both models, checked before loading
+        check_eval_prompts(command.model_source(source).name, rows,
+                           lambda tokenizer, row: command.model_prompt(row, config, tokenizer),
+                           config.sampling.max_new_tokens, problems)
     ids = [str(item["id"]) for item in items]
     judge = load_judge(config.judge, ids)  # a broken judge file fails before any model loads
     if any(item["kind"] == "code" for item in items):

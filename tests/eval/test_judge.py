@@ -165,3 +165,24 @@ def test_a_run_directory_is_judged_on_its_own_held_out_prompts(tiny_model_dir: s
     out = _run(tmp_path, str(run_dir), silent_model_dir, f"{judges}:longer", "run", problems=3)
     prompts = [judge.prompt_text(line["prompt"]) for line in _lines(out / "problems.jsonl")]
     assert all(" * " in prompt for prompt in prompts), prompts
+
+
+def test_judged_prompts_are_checked_against_both_models_before_either_loads(
+        tiny_model_dir: str, judges: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An over-long prompt (here: max_new_tokens filling the 2048-token window) stops the judged
+    comparison before a model loads or the output folder exists, every prompt's problem in one error
+    (the evaluated model is checked first, then the baseline)."""
+    from posttrain.errors import DataError
+
+    def refuse(*_: Any, **__: Any) -> None:
+        raise AssertionError("a model was loaded before the prompts were checked")
+
+    monkeypatch.setattr("posttrain.models.load_model", refuse)
+    config = load_config(command.Config, values={
+        "model": tiny_model_dir, "baseline": tiny_model_dir, "judge": f"{judges}:longer", "problems": 3,
+        "output_dir": str(tmp_path / "evals"), "sampling.max_new_tokens": 2040})
+    with pytest.raises(DataError) as info:
+        command.run(config)
+    assert len(info.value.problems) == 3
+    assert all("context window of 2048 tokens" in str(problem) for problem in info.value.problems)
+    assert not (tmp_path / "evals").exists()
