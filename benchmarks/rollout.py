@@ -1,4 +1,5 @@
-"""Rollout speed and quality: posttrain's torch engine vs Hugging Face ``model.generate``.
+"""Rollout speed and quality: posttrain's torch engine vs Hugging Face ``model.generate``, and (``--slots``)
+the slot engine vs the batch engine on sampling-heavy workloads (see ``slot_workload``).
 
 On the embedded SmolLM2-135M-Instruct, for each shape P x G (prompts x samples per prompt):
 completion tokens per second of HF generate and of our engine, in fp32 and bf16, with the same
@@ -13,6 +14,9 @@ fp32 re-scoring of the same tokens.
     python benchmarks/rollout.py --shapes 8x8 --new-tokens 128 --natural-shapes 8x8
     python benchmarks/rollout.py --threads 1 --clock cpu  # on a shared, loaded machine
     python benchmarks/rollout.py --shapes 8x8 --natural-shapes "" --profile   # + where the time goes
+    # slot engine vs batch engine, many more sequences than rows at once, natural stops (ABBA runs):
+    python benchmarks/rollout.py --slots humaneval,chat --batch 64 --dtypes float32 --threads 1 --clock cpu
+    python benchmarks/rollout.py --slots chat:8 --batch 16 --dtypes float32 --threads 1 --clock cpu
 
 ``--clock cpu`` divides by the process's CPU time instead of wall time: with other jobs on the
 cores, multi-threaded kernels stall at every barrier and wall-clock rates stop meaning anything;
@@ -162,10 +166,12 @@ def slots_ab(policy: torch.nn.Module, tokenizer: Any, name: str, count: int, bat
             totals[engine][0] += tokens
             totals[engine][1] += seconds
             print(f"  {name} {len(prompts)}x{samples} {dtype} {engine:<5} (at most {batch} rows at once): "
-                  f"{tokens} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tok/s", flush=True)
+                  f"{tokens} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tokens per clock second",
+                  flush=True)
     rates = {engine: tokens / seconds for engine, (tokens, seconds) in totals.items()}
+    unit = "tok/s" if clock is time.perf_counter else "tok/cpu-s"
     print(f"{name} {len(prompts)}x{samples} {dtype}, {batch} rows at once: batch engine "
-          f"{rates['batch']:.1f} tok/s, slot engine {rates['slots']:.1f} tok/s, slots/batch "
+          f"{rates['batch']:.1f} {unit}, slot engine {rates['slots']:.1f} {unit}, slots/batch "
           f"{rates['slots'] / rates['batch']:.2f}x", flush=True)
 
 

@@ -97,7 +97,8 @@ def generate(model: nn.Module, tokenizer: Any, prompts: list[str | list[dict[str
 
     engine_options (torch): ``dtype`` "float32" (default) | "bfloat16" (an engine-owned bf16 copy of
     the weights, refreshed when they change), plus the per-call ``DecodeOptions``: ``ignore_eos``,
-    ``compact_min``, ``sampler``, ``decoder``. (vllm): see ``vllm_engine.VLLMEngine``.
+    ``compact_min``, ``sampler``, ``decoder``, ``slots``, ``kv_budget_mb``. (vllm): see
+    ``vllm_engine.VLLMEngine``.
     """
     if backend not in _BACKENDS:
         raise ConfigError(f"unknown rollout backend {backend!r}; choose one of {list(_BACKENDS)}")

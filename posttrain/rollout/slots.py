@@ -12,7 +12,9 @@ How one ``generate`` call runs (``engine_options.slots`` > 0, a Llama-layout mod
    positions (a refilled slot never sees its previous occupant). A finished row (EOS, stop string,
    length) frees its slot, which the queue refills at once; when the queue is empty, live rows move
    down into the lowest slots so that the bucket shrinks. Buckets (1, 2, 4, 8, then multiples of 16,
-   and S) are the only batch shapes a step ever sees, which is what CUDA graphs need.
+   and S) are the only batch shapes a step ever sees, which is what CUDA graphs need. Attention runs
+   over whole 32-position chunks up to the longest live slot (a CPU saving; a captured graph would
+   attend over all L positions, masked).
 4. Randomness is counter-based: the uniform of a sample's t-th token is a hash of (seed, its prompt's
    token ids, how many equal prompts came before it in the request, its sample index, t). The samples
    therefore do not depend on the slot count, on which slot a sample lands in, or on how the prompts

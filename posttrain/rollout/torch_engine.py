@@ -1,6 +1,7 @@
 """The torch rollout engine: batched sampling with a KV cache, on whatever device the model is on.
 
-How one ``generate`` call runs:
+How one ``generate`` call runs in the batch engine (``slots=0``; by default, Llama-layout models run
+through the refilling slots of ``slots.py``, which reuse its prefill, decoder and sampler):
 1. Prefill each DISTINCT prompt once through the model's own HF decoder (left-padded batch,
    attention mask, position ids counted from each prompt's first real token); LM head on the
    last position only.
