@@ -120,7 +120,8 @@ class Config:
     code_timeout_s: float = 10.0
     """Wall-clock seconds each program may run in the sandbox."""
     batch_size: int = 64
-    """Sequences (prompts x n samples) per generate call; lower it to save memory."""
+    """Sequences decoded at once (the torch engine's slots; a finished one's slot takes the next waiting
+    sample); lower it to save memory."""
     seed: int = 0
     """Seed of the task's test split draw and of the sampler."""
     output_dir: str = "evals"
@@ -372,21 +373,31 @@ def model_prompt(row: dict[str, Any], config: Config, tokenizer: Any) -> str | l
 # ------------------------------------------------------------------------------ sample and judge
 
 
+_CALL_BATCHES = 8  # generate calls hold this many batches of sequences (see sample)
+
+
 def sample(model: Any, tokenizer: Any, prompts: list[Any], config: Config,
            stops: list[str]) -> list[list[dict[str, Any]]]:
-    """``config.n`` completions per prompt, ``batch_size // n`` prompts per generate call."""
+    """``config.n`` completions per prompt, ``batch_size`` sequences decoding at once.
+
+    Each generate call holds 8x that many sequences: the slot engine refills finished rows from the
+    call's waiting samples, so only the end of a call runs a thinning batch (progress prints per call).
+    """
     from posttrain.rollout import SamplingParams, generate
 
     params = SamplingParams(temperature=config.temperature(), top_p=config.sampling.top_p,
                             top_k=config.sampling.top_k, max_new_tokens=config.sampling.max_new_tokens,
                             stop=stops, seed=config.seed)
-    per_call = max(1, config.batch_size // config.n)
+    per_call = max(1, _CALL_BATCHES * config.batch_size // config.n)
+    options: dict[str, Any] = {"dtype": config.sampling.dtype}
+    if config.sampling.backend == "torch":
+        options["slots"] = config.batch_size
     out: list[list[dict[str, Any]]] = []
     started = time.perf_counter()
     for start in range(0, len(prompts), per_call):
         batch = prompts[start:start + per_call]
         rollouts = generate(model, tokenizer, batch, n=config.n, sampling=params,
-                            backend=config.sampling.backend, engine_options={"dtype": config.sampling.dtype})
+                            backend=config.sampling.backend, engine_options=options)
         for i in range(len(batch)):
             rows = range(i * config.n, (i + 1) * config.n)
             out.append([{"completion": humaneval.strip_stop(rollouts.texts[r], stops),
