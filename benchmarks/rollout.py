@@ -1,4 +1,5 @@
-"""Rollout speed and quality: posttrain's torch engine vs Hugging Face ``model.generate``.
+"""Rollout speed and quality: posttrain's torch engine vs Hugging Face ``model.generate``, and (``--slots``)
+the slot engine vs the batch engine on sampling-heavy workloads (see ``slot_workload``).
 
 On the embedded SmolLM2-135M-Instruct, for each shape P x G (prompts x samples per prompt):
 completion tokens per second of HF generate and of our engine, in fp32 and bf16, with the same
@@ -13,6 +14,9 @@ fp32 re-scoring of the same tokens.
     python benchmarks/rollout.py --shapes 8x8 --new-tokens 128 --natural-shapes 8x8
     python benchmarks/rollout.py --threads 1 --clock cpu  # on a shared, loaded machine
     python benchmarks/rollout.py --shapes 8x8 --natural-shapes "" --profile   # + where the time goes
+    # slot engine vs batch engine, many more sequences than rows at once, natural stops (ABBA runs):
+    python benchmarks/rollout.py --slots humaneval,chat --batch 64 --dtypes float32 --threads 1 --clock cpu
+    python benchmarks/rollout.py --slots chat:8 --batch 16 --dtypes float32 --threads 1 --clock cpu
 
 ``--clock cpu`` divides by the process's CPU time instead of wall time: with other jobs on the
 cores, multi-threaded kernels stall at every barrier and wall-clock rates stop meaning anything;
@@ -126,6 +130,51 @@ def time_shares(policy: torch.nn.Module, tokenizer: Any, prompts: list[Any], sam
             "other": (total - linear - attention) / total}
 
 
+def slot_workload(name: str, tokenizer: Any, count: int) -> tuple[list[Any], int, SamplingParams]:
+    """(prompts, samples per prompt, sampling) of a many-sequences, natural-stop workload:
+    "humaneval": the first ``count`` HumanEval stubs (0: all 164) as ``posttrain eval`` shows them
+    (chat style), n=10, temperature 0.8, <= 256 tokens; "chat": ``count`` questions (0: 64) x 8,
+    temperature 1, <= 256 tokens."""
+    if name == "humaneval":
+        from posttrain.eval import humaneval
+
+        rows = humaneval.problems(count)
+        prompts = [humaneval.model_prompt(row["prompt"], "chat", tokenizer) for row in rows]
+        return prompts, 10, SamplingParams(temperature=0.8, max_new_tokens=256, seed=0,
+                                           stop=humaneval.stop_strings("chat"))
+    return make_prompts(count or 64), 8, SamplingParams(temperature=1.0, max_new_tokens=256, seed=0)
+
+
+def slots_ab(policy: torch.nn.Module, tokenizer: Any, name: str, count: int, batch: int, dtype: str,
+             repeats: int) -> None:
+    """Batch engine (calls of ``batch // n`` prompts, as ``posttrain eval`` makes them) against the slot
+    engine (one call, ``batch`` slots), run alternately (ABBA...) so that load on the machine hits both."""
+    prompts, samples, sampling = slot_workload(name, tokenizer, count)
+    per_call = max(1, batch // samples)
+    totals = {"batch": [0, 0.0], "slots": [0, 0.0]}
+    for rep in range(repeats):
+        for engine in (("batch", "slots") if rep % 2 == 0 else ("slots", "batch")):
+            start = clock()
+            if engine == "batch":
+                calls = [prompts[i:i + per_call] for i in range(0, len(prompts), per_call)]
+                options = {"dtype": dtype, "slots": 0}
+            else:
+                calls, options = [prompts], {"dtype": dtype, "slots": batch}
+            tokens = sum(int(generate(policy, tokenizer, call, samples, sampling, engine_options=options)
+                             .timing["completion_tokens"]) for call in calls)
+            seconds = clock() - start
+            totals[engine][0] += tokens
+            totals[engine][1] += seconds
+            print(f"  {name} {len(prompts)}x{samples} {dtype} {engine:<5} (at most {batch} rows at once): "
+                  f"{tokens} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tokens per clock second",
+                  flush=True)
+    rates = {engine: tokens / seconds for engine, (tokens, seconds) in totals.items()}
+    unit = "tok/s" if clock is time.perf_counter else "tok/cpu-s"
+    print(f"{name} {len(prompts)}x{samples} {dtype}, {batch} rows at once: batch engine "
+          f"{rates['batch']:.1f} {unit}, slot engine {rates['slots']:.1f} {unit}, slots/batch "
+          f"{rates['slots'] / rates['batch']:.2f}x", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -139,6 +188,11 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="also print where our time goes at the first shape, and the ours/HF ratio "
                              "if everything but the linear layers' matmuls took no time")
+    parser.add_argument("--slots", default="",
+                        help="A/B of the slot engine against the batch engine on natural-stop workloads "
+                             "instead of the HF comparison: comma-separated humaneval[:count], chat[:count]")
+    parser.add_argument("--batch", type=int, default=64, help="rows decoded at once in --slots")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each engine in --slots")
     args = parser.parse_args()
     global clock
     clock = CLOCKS[args.clock]
@@ -155,6 +209,12 @@ def main() -> None:
         hf_models["bfloat16"] = copy.deepcopy(policy).to(torch.bfloat16)
     print(f"model {EMBEDDED_DEFAULT}: {params / 1e6:.1f}M params, {torch.get_num_threads()} threads, "
           f"{args.clock} clock, {args.new_tokens} new tokens, temperature 1.0, top_p 1.0")
+    if args.slots:
+        for workload in args.slots.split(","):
+            name, _, count = workload.partition(":")
+            for dtype in dtypes:
+                slots_ab(policy, tokenizer, name, int(count or 0), args.batch, dtype, args.repeats)
+        return
     peaks = {dtype: peak * args.threads / 2 for dtype, peak in PEAK_FLOPS.items()}
     # Warm-up: builds the bf16 copy and touches every kernel once.
     for dtype in dtypes:

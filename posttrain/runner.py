@@ -21,6 +21,7 @@ from posttrain import distributed
 from posttrain.checkpoint import Checkpointer, find_resume_checkpoint, verify_checkpoint
 from posttrain.config import ModelConfig, RunConfig, to_dict
 from posttrain.errors import CheckpointError, RewardError
+from posttrain.health import HealthMonitor
 from posttrain.keep_best import BestSoFar, sentence, write_record
 from posttrain.keep_best import check_config as check_keep_best
 from posttrain.models import (
@@ -68,6 +69,8 @@ class Run:
     config: Any
     start_step: int = 0
     state: dict[str, Any] = field(default_factory=dict)
+    health: HealthMonitor | None = None
+    """The run-health alarms of a config with a ``health`` section (the RL recipes)."""
 
     def save(self, step: int, model: nn.Module, optimizer: Any, scheduler: Any, state: dict[str, Any],
              *, force: bool = False) -> None:
@@ -88,11 +91,29 @@ class Run:
             write_record(self.dir, kept)
             summary = {**(summary or {}), **{f"keep_best/{key}": value for key, value in kept.items()}}
             notes = [sentence(kept)]
-        self.tracker.close(summary=summary, plot_keys=plot_keys, notes=notes)
+        sections = [self.health.markdown()] if self.health is not None else []
+        self.tracker.close(summary=summary, plot_keys=plot_keys, notes=notes, sections=sections)
         distributed.stop()
         if notes:
             print(f"[{self.tracker.desc}] {notes[0]}")
         return self.dir
+
+    def check_health(self, step: int, can_stop: bool = True) -> bool:
+        """Check the run-health alarms on everything logged so far: log ``health/`` metrics, print one
+        line per alarm that starts firing; True when one that ``run.stop_on`` names is firing (and
+        ``can_stop``: not after the last step's final evaluation)."""
+        if self.health is None:
+            return False
+        metrics, started = self.health.update()
+        self.tracker.log(step, metrics, show=False)  # the step printed its progress line already
+        for alarm in started:
+            print(alarm.line(), flush=True)
+        stopping = self.health.stop_reasons() if can_stop else []
+        if stopping:
+            print(f"[health] stopping after step {step}: run.stop_on names "
+                  f"{', '.join(a.name for a in stopping)}; final/ (and a checkpoint, where the recipe keeps "
+                  f"them) holds the model of step {step}", flush=True)
+        return bool(stopping)
 
 
 def start_run(config: Any, recipe: str, model: nn.Module, optimizer: Any, scheduler: Any,
@@ -114,12 +135,15 @@ def start_run(config: Any, recipe: str, model: nn.Module, optimizer: Any, schedu
     tracker = Tracker(own_dir, total_steps=total_steps or run_config.steps, config=config_dict,
                       resume_step=start_step, tensorboard=run_config.tensorboard,
                       progress=run_config.progress and distributed.is_writer(), desc=recipe)
+    health = getattr(config, "health", None)  # the RL recipes' alarms; on trainer ranks, rank 0 decides
+    monitor = (None if health is None or not distributed.is_writer()
+               else HealthMonitor(health, run_config.stop_on, run_dir / "metrics.jsonl"))
     trainable, total = count_parameters(model)
     print(f"[{recipe}] run dir {run_dir}; {trainable / 1e6:.1f}M of {total / 1e6:.1f}M parameters trainable"
           + (f"; resuming after step {start_step}" if start_step else ""))
     distributed.start(config)  # the cluster of config.cluster, if any; Run.finish lets it go
     return Run(dir=own_dir, tracker=tracker, checkpointer=checkpointer, config=config,
-               start_step=start_step, state=state)
+               start_step=start_step, state=state, health=monitor)
 
 
 def replace(config: Any, **changes: Any) -> Any:
@@ -229,24 +253,31 @@ class Setup:
     """``run.keep_best``: the best held-out evaluation so far (None: final/ is the last step's)."""
     checkpointed: nn.Module | None = None
     """The module the checkpoints hold (PPO's actor-critic, while ``model`` ends as its policy)."""
+    stopped_at: int | None = None
+    """The step after which a run-health alarm named in ``run.stop_on`` stopped the run."""
+    evaluated: tuple[int, dict[str, float]] | None = None
 
     def __post_init__(self) -> None:
         self.checkpointed = self.checkpointed or self.model
 
-    def end_of_step(self, step: int, state: dict[str, Any]) -> None:
-        """Held-out evaluation every ``run.eval_every`` steps; checkpoint every ``run.save_every``, and at
-        once when the evaluation is the best so far (``run.keep_best``: rotation keeps that one)."""
+    def end_of_step(self, step: int, state: dict[str, Any]) -> bool:
+        """Held-out evaluation every ``run.eval_every`` steps, the run-health alarms, a checkpoint every
+        ``run.save_every`` steps, at once when the evaluation is the best so far (``run.keep_best``:
+        rotation keeps that one) and when an alarm stops the run (then True)."""
         config = self.run.config
         if self.best is not None and step == 1:  # the evaluation before training is complete by now
             self.best.check_produced(self.eval_before)
         improved = False
         if config.run.eval_every and step % config.run.eval_every == 0 and step < config.run.steps:
-            metrics = self.evaluate(step)
-            improved = self.best is not None and self.best.consider(step, metrics)
+            self.evaluated = (step, self.evaluate(step))
+            improved = self.best is not None and self.best.consider(step, self.evaluated[1])
+        stop = distributed.from_writer(lambda: self.run.check_health(step))  # trainer ranks stop together
         kept = self.best.state() if self.best is not None else {}
         self.run.save(step, self.model, self.optimizer, self.scheduler,
                       {**state, "eval_before": self.eval_before, **kept},
-                      force=step == config.run.steps or improved)
+                      force=step == config.run.steps or improved or stop)
+        self.stopped_at = step if stop else None
+        return stop
 
     def also_evaluate(self, extra: Callable[[int], dict[str, float]]) -> None:
         """Run ``extra(step)`` (which logs its own metrics) with every held-out evaluation from now on,
@@ -259,18 +290,22 @@ class Setup:
     def finish(self, recipe: str, plot_keys: list[str],
                summarize: Callable[[str, dict[str, float], dict[str, float]], dict[str, Any]] = eval_summary,
                ) -> Path:
-        """Final evaluation, ``summarize(recipe, before, after)`` for summary.md, export and plots (eval/
-        curves of the metrics the evaluation produced). With ``run.keep_best`` the final evaluation is
-        the last candidate and final/ is exported from the best one's checkpoint."""
-        steps = self.run.config.run.steps
-        after = self.evaluate(steps)
+        """Final evaluation (at the step an alarm stopped the run, else the last), ``summarize(recipe,
+        before, after)`` for summary.md, export and plots (eval/ curves of the metrics the evaluation
+        produced). With ``run.keep_best`` the final evaluation is the last candidate and final/ is
+        exported from the best one's checkpoint."""
+        last = self.stopped_at or self.run.config.run.steps
+        after = self.evaluated[1] if self.evaluated and self.evaluated[0] == last else self.evaluate(last)
+        self.run.check_health(last, can_stop=False)  # the final evaluation may show a fall of the guard
         summary = summarize(recipe, self.eval_before, after)
+        if self.stopped_at is not None:
+            summary["stopped_after_step"] = self.stopped_at
         plot_keys = [key for key in plot_keys if not key.startswith("eval/") or key[5:] in self.eval_before]
         kept = None
         if self.best is not None:
-            self.best.consider(steps, after)
-            kept = self.best.record(steps, after)
-            if self.best.step not in (None, steps):
+            self.best.consider(last, after)
+            kept = self.best.record(last, after)
+            if self.best.step not in (None, last):
                 self.run.checkpointer.load_weights(self.best.step, self.checkpointed)
         return self.run.finish(self.model, self.tokenizer, summary=summary, plot_keys=plot_keys, kept=kept)
 
@@ -278,11 +313,13 @@ class Setup:
 def setup(config: Any, recipe: str, train_kind: str, train_rows: list[dict[str, Any]] | None = None,
           eval_rows: list[dict[str, Any]] | None = None, optimizer_steps_per_step: int = 1,
           load: Callable[[ModelConfig], tuple[nn.Module, Any, torch.device]] = load_policy,
-          lr_by_prefix: dict[str, float] | None = None) -> Setup:
+          lr_by_prefix: dict[str, float] | None = None,
+          evaluated: Callable[[nn.Module], nn.Module] | None = None) -> Setup:
     """Seed, load data and check it with the tokenizer alone (``data.preflight``: before any weights
     load or the run folder exists), load the model (``load``: the policy, or e.g. a reward model),
     build optimizer/schedule/stepper, open (or resume) the run, and evaluate the starting policy on the
-    held-out rows. The LR schedule spans ``run.steps * optimizer_steps_per_step`` optimizer steps
+    held-out rows (``evaluated``: the part of the loaded module that generates, e.g. PPO's policy inside
+    its actor-critic). The LR schedule spans ``run.steps * optimizer_steps_per_step`` optimizer steps
     (RL recipes step several times per rollout); ``lr_by_prefix``: see ``build_optimizer``."""
     from posttrain.data.preflight import check_inputs
     from posttrain.data.sources import load_split, resolve_task
@@ -301,7 +338,8 @@ def setup(config: Any, recipe: str, train_kind: str, train_rows: list[dict[str, 
     scheduler = build_scheduler(optimizer, config.optim, config.run.steps * optimizer_steps_per_step)
     stepper = Stepper(model, optimizer, scheduler, config.optim)
     run = start_run(config, recipe, model, optimizer, scheduler)
-    evaluate = evaluate_and_log(run, model, tokenizer, eval_rows, task, config)
+    policy = evaluated(model) if evaluated is not None else model
+    evaluate = evaluate_and_log(run, policy, tokenizer, eval_rows, task, config)
     before = evaluate(0) if run.start_step == 0 else run.state.get("eval_before", {})
     return Setup(model=model, tokenizer=tokenizer, device=device, optimizer=optimizer, scheduler=scheduler,
                  stepper=stepper, run=run, task=task, train_rows=train_rows, eval_rows=eval_rows,

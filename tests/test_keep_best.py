@@ -252,7 +252,7 @@ def test_reward_model_and_ppo_keep_their_best(tiny_model_dir: str, tmp_path: Pat
     assert json.loads((rm_dir / "best.json").read_text())["step"] == 2
     assert _same_weights(rm_dir / "final", rm_dir / "checkpoints" / "step-00000002")
 
-    monkeypatch.setattr(ppo, "evaluate_and_log", _scripted({0: 0.1, 1: 0.6, 2: 0.3, 3: 0.2}))
+    monkeypatch.setattr(runner, "evaluate_and_log", _scripted({0: 0.1, 1: 0.6, 2: 0.3, 3: 0.2}))
     ppo_dir = ppo.train(load_config(ppo.Config, None, [
         *common, "run.name=ppo", "run.keep_best=eval/accuracy", "data.train_size=8", "data.eval_size=2",
         "prompts_per_step=2", "samples_per_prompt=2", "micro_batch_size=4", "sampling.max_new_tokens=4",

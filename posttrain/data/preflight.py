@@ -13,6 +13,8 @@ each with the row's file:line, its field, the token count and the limit:
 
 Preference and feedback rows are encoded, and checked the same way, by
 ``preferences.encoded_splits`` and ``feedback.encoded_feedback_splits`` before those recipes call setup.
+``check_eval_prompts`` does the same for ``posttrain eval``: every problem's prompt, as the model is
+given it, plus ``sampling.max_new_tokens`` within the evaluated model's window.
 
 A giant row is refused without tokenizing it. Every token is an entry of the tokenizer's vocabulary,
 so it stands for at most L characters of text, L = the longest entry (81 for SmolLM2: a newline and
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from posttrain.data.chat import encode_conversation, prompt_messages, render_messages
@@ -40,6 +43,7 @@ from posttrain.errors import ConfigError, DataError, data_errors
 
 Row = dict[str, Any]
 Example = tuple[list[int], list[int]]
+Prompt = list[dict[str, Any]] | str
 
 
 _PER_TOKEN: weakref.WeakKeyDictionary[Any, tuple[int, int]] = weakref.WeakKeyDictionary()
@@ -61,16 +65,21 @@ def _normalized(tokenizer: Any, text: str) -> str:
     return normalizer.normalize_str(text) if normalizer is not None else text
 
 
-def tokens_at_least(tokenizer: Any, messages: list[dict[str, Any]], limit: int, *,
+def _rendered(tokenizer: Any, prompt: Prompt, generation_prompt: bool) -> str:
+    return prompt if isinstance(prompt, str) else render_messages(tokenizer, prompt, generation_prompt)
+
+
+def tokens_at_least(tokenizer: Any, prompt: Prompt, limit: int, *,
                     generation_prompt: bool) -> tuple[int, int] | None:
-    """``(tokens, characters)`` when the length of the rendered messages alone shows that they are over
-    ``limit`` tokens: a lower bound on their tokens, found without tokenizing; None when it does not
-    (then tokenizing them is cheap: at most about L × limit characters)."""
+    """``(tokens, characters)`` when the length of the rendered messages (or of text given as it is)
+    alone shows that they are over ``limit`` tokens: a lower bound on their tokens, found without
+    tokenizing; None when it does not (then tokenizing them is cheap: at most about L × limit characters)."""
     per_token = chars_per_token(tokenizer)
-    content = sum(len(m["content"]) for m in messages if isinstance(m.get("content"), str))
+    content = len(prompt) if isinstance(prompt, str) else sum(
+        len(m["content"]) for m in prompt if isinstance(m.get("content"), str))
     if content <= per_token * limit:  # rendering only adds a template's few markers around them
         return None
-    chars = len(_normalized(tokenizer, render_messages(tokenizer, messages, generation_prompt)))
+    chars = len(_normalized(tokenizer, _rendered(tokenizer, prompt, generation_prompt)))
     return (math.ceil(chars / per_token), chars) if chars > per_token * limit else None
 
 
@@ -88,9 +97,12 @@ def token_counts(tokenizer: Any, texts: list[str]) -> list[int]:
 
 
 def prompt_problems(tokenizer: Any, rows: list[Row], *, max_prompt_tokens: int | None, max_new_tokens: int,
-                    context: int | None, system_prompt: str | None) -> list[DataError]:
+                    context: int | None, system_prompt: str | None,
+                    prompts: list[Prompt] | None = None) -> list[DataError]:
     """One DataError per prompt row over ``max_prompt_tokens`` (None: no such limit) or whose prompt
-    plus ``max_new_tokens`` exceeds ``context`` (None: unknown window)."""
+    plus ``max_new_tokens`` exceeds ``context`` (None: unknown window). ``prompts``: each row's prompt
+    as the model is given it (chat messages, or text it continues as it is), when that is not the row's
+    own with ``system_prompt``."""
     if context is not None and max_new_tokens >= context:
         raise ConfigError(f"sampling.max_new_tokens {max_new_tokens} leaves no room for a prompt in the "
                           f"model's context window of {context} tokens (lower sampling.max_new_tokens)")
@@ -99,17 +111,17 @@ def prompt_problems(tokenizer: Any, rows: list[Row], *, max_prompt_tokens: int |
     if not limits:
         return []
     problems, sizes, texts = [], [], []  # sizes: (row, tokens or None, how to say it)
-    for row in rows:
+    for i, row in enumerate(rows):
         try:
-            messages = prompt_messages(row, system_prompt)
+            prompt = prompts[i] if prompts is not None else prompt_messages(row, system_prompt)
         except DataError as error:
             problems.append(error)
             continue
-        bound = tokens_at_least(tokenizer, messages, min(limits), generation_prompt=True)
+        bound = tokens_at_least(tokenizer, prompt, min(limits), generation_prompt=True)
         if bound is not None:
             sizes.append((row, bound[0], f"at least {bound[0]} tokens ({bound[1]:,} characters)"))
             continue
-        text = render_messages(tokenizer, messages, generation_prompt=True)
+        text = _rendered(tokenizer, prompt, generation_prompt=True)
         if _tokens_at_most(tokenizer, text) > min(limits):  # else certainly within: no need to tokenize
             sizes.append((row, None, ""))
             texts.append(text)
@@ -193,3 +205,22 @@ def check_inputs(config: Any, tokenizer: Any, kind: str, train_rows: list[Row],
     if problems:
         raise data_errors(problems)
     return examples
+
+
+def check_eval_prompts(model: str, rows: list[Row], prompt_of: Callable[[Any, Row], Prompt],
+                       max_new_tokens: int, problems: Sequence[DataError] = ()) -> list[Prompt]:
+    """``posttrain eval``'s check before its model loads or its output folder exists: each row's prompt
+    as the model is given it (``prompt_of(tokenizer, row)``, returned) plus ``max_new_tokens`` within the
+    context window of ``model`` (a name ``models.load_tokenizer`` takes; read from its tokenizer and
+    config alone). Every problem, those found before (``problems``: e.g. the rows' fields) first, in one
+    DataError."""
+    from posttrain.models import context_window, load_tokenizer
+
+    tokenizer = load_tokenizer(model)
+    prompts = [prompt_of(tokenizer, row) for row in rows]
+    lengths = prompt_problems(tokenizer, rows, max_prompt_tokens=None, max_new_tokens=max_new_tokens,
+                              context=context_window(model), system_prompt=None, prompts=prompts)
+    found = [*problems, *lengths]
+    if found:
+        raise data_errors(found)
+    return prompts

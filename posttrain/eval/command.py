@@ -31,6 +31,10 @@ Writes ``<output_dir>/<name>/``: ``problems.jsonl`` (per problem: each completio
 for code, the sandbox status and the isolation layers in force), ``summary.json`` and
 ``summary.md`` (the table that is also printed).
 
+``--judge JUDGE --baseline MODEL`` (or ``judge=... baseline=...``): the model's greedy answers against
+the baseline's, judged pairwise by a Python function or a reward model, with win / tie / loss, the win
+rate and its Wilson interval, and both models' accuracy (see ``posttrain.eval.judge``).
+
 ``--compare DIR [DIR ...]``: evaluation outputs (summary.json) and training run directories (their
 first and last held-out evaluation in metrics.jsonl, i.e. before and after training, and with
 ``run.keep_best`` the one final/ holds, marked ``(final/)``; a run's greedy ``eval/accuracy`` is shown
@@ -55,10 +59,11 @@ from typing import Any
 from posttrain.config import DataConfig, SamplingConfig, load_config, read_yaml, to_dict
 from posttrain.data.chat import prompt_messages
 from posttrain.data.formats import SUFFIXES, load_rows, write_jsonl
+from posttrain.data.preflight import check_eval_prompts
 from posttrain.data.tasks import TASKS, get_task
-from posttrain.errors import CheckpointError, DataError
+from posttrain.errors import CheckpointError, ConfigError, DataError, data_errors
 from posttrain.eval import humaneval
-from posttrain.eval.compare import cell, compare
+from posttrain.eval.compare import compare, summary_table
 from posttrain.eval.metrics import exact_match, majority_vote, pass_at_k
 from posttrain.models import EMBEDDED_DEFAULT
 from posttrain.rewards.answers import EXTRACTORS, extract_answer
@@ -115,7 +120,8 @@ class Config:
     code_timeout_s: float = 10.0
     """Wall-clock seconds each program may run in the sandbox."""
     batch_size: int = 64
-    """Sequences (prompts x n samples) per generate call; lower it to save memory."""
+    """Sequences decoded at once (the torch engine's slots; a finished one's slot takes the next waiting
+    sample); lower it to save memory."""
     seed: int = 0
     """Seed of the task's test split draw and of the sampler."""
     output_dir: str = "evals"
@@ -124,6 +130,11 @@ class Config:
     """Output folder name (default: <benchmark>-<model>-<date>-<time>)."""
     overwrite: bool = False
     """Replace an existing output folder of the same name."""
+    judge: str = ""
+    """Judge of a pairwise comparison with `baseline`: path/file.py:function (fn(prompt, answer_a,
+    answer_b) -> "a", "b" or "tie") or reward_model:PATH (the higher score wins); see posttrain.eval.judge."""
+    baseline: str = ""
+    """The model the evaluated one is compared with by `judge` (any model source, as `model`)."""
 
     def pass_ks(self) -> list[int]:
         return sorted(set(self.k)) if self.k else sorted({1, self.n})
@@ -150,7 +161,23 @@ class Config:
             problems.append(f"'code_timeout_s' must be > 0; got {self.code_timeout_s}")
         if self.problems < 0:
             problems.append(f"'problems' must be >= 0 (0: all); got {self.problems}")
-        return problems
+        return problems + _judge_problems(self)
+
+
+def _judge_problems(config: Config) -> list[str]:
+    """A judged comparison needs both a judge and a baseline, and compares one greedy answer each."""
+    from posttrain.eval.judge import spec_problems
+
+    if not config.judge and not config.baseline:
+        return []
+    if not (config.judge and config.baseline):
+        missing = "baseline (the model to compare with)" if config.judge else "judge (file.py:function or " \
+            "reward_model:PATH)"
+        return [f"a judged comparison needs both judge and baseline; give {missing}"]
+    problems = spec_problems(config.judge)
+    if config.n != 1 or config.maj:
+        problems.append("a judged comparison compares one greedy answer per model: drop n and maj")
+    return problems
 
 
 def _choice_problems(config: Config) -> list[str]:
@@ -187,20 +214,29 @@ def is_run_dir(path: Path) -> bool:
         (path / name).exists() for name in ("config.yaml", "metrics.jsonl", "checkpoints", "final"))
 
 
-def load_for_eval(source: str, dtype: str, device: str) -> tuple[Any, Any]:
-    """``(model in eval mode, tokenizer)`` for any model source, a training run directory included."""
+@dataclass(frozen=True)
+class EvalModel:
+    """What ``load_for_eval`` loads, found by ``model_source`` without loading any weights."""
+
+    name: str
+    """The model whose tokenizer and config.json it has: the source itself, a run's final/, or a run's
+    base model."""
+    checkpoint: Path | None = None
+    """A run without final/: its newest valid checkpoint, loaded onto ``name`` built as ``base`` says."""
+    base: dict[str, Any] = field(default_factory=dict)
+    """That run's ``model`` section (LoRA settings and all), from its config.yaml."""
+
+
+def model_source(source: str) -> EvalModel:
+    """What evaluating ``source`` loads: a training run directory's final/ folder, else its newest valid
+    checkpoint on the run's base model; any other source as it is."""
     from posttrain.checkpoint import Checkpointer
-    from posttrain.config import ModelConfig
-    from posttrain.models import is_peft, load_model, load_tokenizer
-    from posttrain.runner import load_policy
 
     path = Path(source)
     if not is_run_dir(path):
-        return load_model(source, dtype, device).eval(), load_tokenizer(source)
+        return EvalModel(source)
     if (path / "final" / "config.json").is_file():
-        final = str(path / "final")
-        print(f"[eval] {path} is a training run: evaluating its final/ folder")
-        return load_model(final, dtype, device).eval(), load_tokenizer(final)
+        return EvalModel(str(path / "final"))
     checkpoint = Checkpointer(path).latest()
     if checkpoint is None:
         raise CheckpointError(f"{path} is a training run directory with neither final/ (written when a "
@@ -210,10 +246,26 @@ def load_for_eval(source: str, dtype: str, device: str) -> tuple[Any, Any]:
     if not base.get("name"):
         raise CheckpointError(f"{path / 'config.yaml'} does not name the run's base model (model.name), "
                               f"needed to rebuild the model saved in {checkpoint}")
-    values = {**base, "dtype": dtype, "device": device, "gradient_checkpointing": False}
+    return EvalModel(str(base["name"]), checkpoint, base)
+
+
+def load_for_eval(source: str, dtype: str, device: str, found: EvalModel | None = None) -> tuple[Any, Any]:
+    """``(model in eval mode, tokenizer)`` for any model source, a training run directory included
+    (``found``: ``model_source(source)`` when the caller has it already)."""
+    from posttrain.checkpoint import Checkpointer
+    from posttrain.config import ModelConfig
+    from posttrain.models import is_peft, load_model, load_tokenizer
+    from posttrain.runner import load_policy
+
+    found = found or model_source(source)
+    if found.checkpoint is None:
+        if found.name != source:
+            print(f"[eval] {source} is a training run: evaluating its final/ folder")
+        return load_model(found.name, dtype, device).eval(), load_tokenizer(found.name)
+    values = {**found.base, "dtype": dtype, "device": device, "gradient_checkpointing": False}
     model, tokenizer, _ = load_policy(load_config(ModelConfig, values=values))
-    Checkpointer(path).load(checkpoint, model, None, None)
-    print(f"[eval] {path} has no final/: evaluating checkpoint {checkpoint.name} on {base['name']}")
+    Checkpointer(Path(source)).load(found.checkpoint, model, None, None)
+    print(f"[eval] {source} has no final/: evaluating checkpoint {found.checkpoint.name} on {found.name}")
     model = model.merge_and_unload() if is_peft(model) else model
     return model.eval(), tokenizer
 
@@ -222,22 +274,48 @@ def load_for_eval(source: str, dtype: str, device: str) -> tuple[Any, Any]:
 
 
 def load_benchmark(config: Config) -> list[dict[str, Any]]:
-    """Validated problems as ``{"id", "kind": task|answer|code, "row", ...}``, before any model loads."""
+    """Validated problems as ``{"id", "kind": task|answer|code, "row", ...}``, before any model loads;
+    every problem of a data file's rows is reported at once."""
+    problems: list[DataError] = []
+    items = benchmark_items(config, benchmark_rows(config), problems)
+    if problems:
+        raise data_errors(problems)
+    return items
+
+
+def benchmark_rows(config: Config) -> list[dict[str, Any]]:
+    """The benchmark's rows: humaneval's, a task's test split drawn as a recipe draws its held-out rows,
+    or a data file's (each with its ``_where``)."""
     kind = benchmark_kind(config.benchmark)
     if kind == "humaneval":
-        return [{"id": row["task_id"], "kind": "code", "row": row, "tests": row["tests"],
-                 "entry_point": row["entry_point"], "solution_prompt": row["prompt"]}
-                for row in humaneval.problems(config.problems)]
+        return humaneval.problems(config.problems)
     if kind == "task":
         from posttrain.data.sources import load_split
 
         data = DataConfig(train=config.benchmark, eval_size=config.problems or DataConfig.eval_size,
                           options=dict(config.options))
-        rows = load_split(data, "eval", "prompts", config.seed)
-        return [{"id": row["_where"], "kind": "task", "row": row, "gold": row["answer"]} for row in rows]
+        return load_split(data, "eval", "prompts", config.seed)
     rows = load_rows(config.benchmark, "prompts")
-    rows = rows[: config.problems] if config.problems else rows
-    return [_file_item(row) for row in rows]
+    return rows[: config.problems] if config.problems else rows
+
+
+def benchmark_items(config: Config, rows: list[dict[str, Any]],
+                    problems: list[DataError]) -> list[dict[str, Any]]:
+    """Each row as a problem ``{"id", "kind", "row", ...}``; a data file's row that is not one adds its
+    DataError to ``problems`` instead."""
+    kind = benchmark_kind(config.benchmark)
+    if kind == "humaneval":
+        return [{"id": row["task_id"], "kind": "code", "row": row, "tests": row["tests"],
+                 "entry_point": row["entry_point"], "solution_prompt": row["prompt"]} for row in rows]
+    if kind == "task":
+        return [{"id": row["_where"], "kind": "task", "row": row, "gold": row["answer"]} for row in rows]
+    items = []
+    for row in rows:
+        try:
+            items.append(_file_item(row))
+        except DataError as error:
+            problems.append(error)
+    return items
 
 
 def adopt_run_data(config: Config, run_config: dict[str, Any]) -> Config:
@@ -285,31 +363,41 @@ def _file_item(row: dict[str, Any]) -> dict[str, Any]:
             "solution_prompt": row["prompt"]}
 
 
-def model_prompt(item: dict[str, Any], config: Config, tokenizer: Any) -> str | list[dict[str, str]]:
+def model_prompt(row: dict[str, Any], config: Config, tokenizer: Any) -> str | list[dict[str, str]]:
     """HumanEval stubs as ``prompt_style`` says; every other row through the chat template."""
     if config.benchmark == "humaneval":
-        return humaneval.model_prompt(item["row"]["prompt"], config.prompt_style, tokenizer)
-    return prompt_messages(item["row"], config.system_prompt or None)
+        return humaneval.model_prompt(row["prompt"], config.prompt_style, tokenizer)
+    return prompt_messages(row, config.system_prompt or None)
 
 
 # ------------------------------------------------------------------------------ sample and judge
 
 
+_CALL_BATCHES = 8  # generate calls hold this many batches of sequences (see sample)
+
+
 def sample(model: Any, tokenizer: Any, prompts: list[Any], config: Config,
            stops: list[str]) -> list[list[dict[str, Any]]]:
-    """``config.n`` completions per prompt, ``batch_size // n`` prompts per generate call."""
+    """``config.n`` completions per prompt, ``batch_size`` sequences decoding at once.
+
+    Each generate call holds 8x that many sequences: the slot engine refills finished rows from the
+    call's waiting samples, so only the end of a call runs a thinning batch (progress prints per call).
+    """
     from posttrain.rollout import SamplingParams, generate
 
     params = SamplingParams(temperature=config.temperature(), top_p=config.sampling.top_p,
                             top_k=config.sampling.top_k, max_new_tokens=config.sampling.max_new_tokens,
                             stop=stops, seed=config.seed)
-    per_call = max(1, config.batch_size // config.n)
+    per_call = max(1, _CALL_BATCHES * config.batch_size // config.n)
+    options: dict[str, Any] = {"dtype": config.sampling.dtype}
+    if config.sampling.backend == "torch":
+        options["slots"] = config.batch_size
     out: list[list[dict[str, Any]]] = []
     started = time.perf_counter()
     for start in range(0, len(prompts), per_call):
         batch = prompts[start:start + per_call]
         rollouts = generate(model, tokenizer, batch, n=config.n, sampling=params,
-                            backend=config.sampling.backend, engine_options={"dtype": config.sampling.dtype})
+                            backend=config.sampling.backend, engine_options=options)
         for i in range(len(batch)):
             rows = range(i * config.n, (i + 1) * config.n)
             out.append([{"completion": humaneval.strip_stop(rollouts.texts[r], stops),
@@ -406,26 +494,34 @@ def aggregate(per_problem: list[dict[str, Any]], samples: list[list[dict[str, An
 
 
 def run(config: Config) -> Path:
-    """Evaluate ``config.model`` on ``config.benchmark``; return the output folder."""
+    """Evaluate ``config.model`` on ``config.benchmark`` (against ``config.baseline`` when a judge is
+    given); return the output folder."""
     started = time.perf_counter()
     run_yaml = Path(config.model) / "config.yaml"
     if is_run_dir(Path(config.model)) and run_yaml.is_file():
         config = adopt_run_data(config, read_yaml(run_yaml))
-    items = load_benchmark(config)
-    out_dir = make_run_dir(config.output_dir, config.name or None, f"{_tag(config.benchmark)}-"
-                           f"{_tag(config.model)}", resume=False, overwrite=config.overwrite)
+    if config.judge:  # the run's own held-out prompts too, when the model is a run
+        from posttrain.eval import judge as judged
+
+        return judged.run(config)
+    rows, problems = benchmark_rows(config), list[DataError]()
+    items = benchmark_items(config, rows, problems)
+    found = model_source(config.model)  # its tokenizer and window: every prompt checked before loading it
+    prompts = check_eval_prompts(found.name, rows, lambda tok, row: model_prompt(row, config, tok),
+                                 config.sampling.max_new_tokens, problems)
+    out_dir = make_run_dir(config.output_dir, config.name or None, f"{name_tag(config.benchmark)}-"
+                           f"{name_tag(config.model)}", resume=False, overwrite=config.overwrite)
     if any(item["kind"] == "code" for item in items):
         from posttrain.sandbox import require_isolation
 
         layers = require_isolation()  # refuse before generating anything, not after
         print(f"[eval] sandbox layers required and present: {', '.join(layers)}")
-    model, tokenizer = load_for_eval(config.model, config.dtype, config.device)
+    model, tokenizer = load_for_eval(config.model, config.dtype, config.device, found)
     humaneval_style = config.benchmark == "humaneval"
     stops = humaneval.stop_strings(config.prompt_style) if humaneval_style else []
     print(f"[eval] {config.benchmark}: {len(items)} problems x n={config.n}, temperature "
           f"{config.temperature()}, <= {config.sampling.max_new_tokens} new tokens"
           + (f", prompt_style {config.prompt_style}" if humaneval_style else ""))
-    prompts = [model_prompt(item, config, tokenizer) for item in items]
     samples = sample(model, tokenizer, prompts, config, stops)
     verifier = None
     if config.answer_match == "math" and any(item["kind"] == "answer" for item in items):
@@ -452,7 +548,7 @@ def _majs(item: dict[str, Any], config: Config) -> list[int]:
     return [] if item["kind"] == "code" else config.maj
 
 
-def _tag(source: str) -> str:
+def name_tag(source: str) -> str:
     name = Path(source.rstrip("/")).stem or source
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:60]
 
@@ -473,21 +569,6 @@ def _write_outputs(out_dir: Path, items: list[dict[str, Any]], samples: list[lis
     print(table)
 
 
-def summary_table(summary: dict[str, Any]) -> str:
-    """The markdown table of summary.md: one row per metric, then the counts worth knowing."""
-    head = (f"# {summary['benchmark']}: {summary['model']}\n\n{summary['problems']} problems, n = "
-            f"{summary['n']}, temperature {summary['temperature']}, <= {summary['max_new_tokens']} new tokens"
-            + (f", prompt_style {summary['prompt_style']}" if "prompt_style" in summary else ""))
-    rows = [f"| {key} | {cell(value)} |" for key, value in summary["metrics"].items()]
-    notes = [f"| problems left out of {key} | {n} |" for key, n in summary["problems_left_out"].items()]
-    notes.append(f"| undecided samples | {summary['undecided_samples']} |")
-    notes.append(f"| truncated samples (max_new_tokens) | {summary['truncated_samples']} |")
-    if summary["sandbox_statuses"]:
-        statuses = ", ".join(f"{k} {v}" for k, v in summary["sandbox_statuses"].items())
-        notes.append(f"| sandbox statuses | {statuses} |")
-    return "\n".join([head, "", "| metric | value |", "|---|---|", *rows, *notes])
-
-
 # ------------------------------------------------------------------------------------ --compare
 
 
@@ -495,10 +576,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The CLI flags of this command beyond the config (see posttrain.cli)."""
     parser.add_argument("--compare", nargs="+", metavar="DIR",
                         help="evaluation outputs or training run directories to set side by side")
+    parser.add_argument("--judge", metavar="JUDGE",
+                        help="file.py:function or reward_model:PATH: judge the model against --baseline")
+    parser.add_argument("--baseline", metavar="MODEL", help="the model compared with by --judge")
 
 
 def run_arguments(args: argparse.Namespace, config: Config) -> Path | None:
-    """``--compare`` replaces the evaluation; None lets the CLI run the evaluation itself."""
+    """``--compare`` replaces the evaluation; None lets the CLI run the evaluation itself. ``--judge`` and
+    ``--baseline`` set the config keys of the same names (checked again with them)."""
+    if args.judge or args.baseline:
+        judged = dataclasses.replace(config, judge=args.judge or config.judge,
+                                     baseline=args.baseline or config.baseline)
+        problems = judged.check()
+        if problems:
+            raise ConfigError(problems)
+        return run(judged)
     if not args.compare:
         return None
     return compare(args.compare, output_dir=config.output_dir, name=config.name, overwrite=config.overwrite)

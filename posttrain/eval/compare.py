@@ -120,3 +120,18 @@ def _bar_chart(path: Path, metric: str, bars: list[tuple[str, float]]) -> None:
         axes.set_ylim(0, 1.08)
     axes.grid(axis="y", alpha=0.3)
     figure.savefig(path, format="png", dpi=100)
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """The markdown table of summary.md: one row per metric, then the counts worth knowing."""
+    head = (f"# {summary['benchmark']}: {summary['model']}\n\n{summary['problems']} problems, n = "
+            f"{summary['n']}, temperature {summary['temperature']}, <= {summary['max_new_tokens']} new tokens"
+            + (f", prompt_style {summary['prompt_style']}" if "prompt_style" in summary else ""))
+    rows = [f"| {key} | {cell(value)} |" for key, value in summary["metrics"].items()]
+    notes = [f"| problems left out of {key} | {n} |" for key, n in summary["problems_left_out"].items()]
+    notes.append(f"| undecided samples | {summary['undecided_samples']} |")
+    notes.append(f"| truncated samples (max_new_tokens) | {summary['truncated_samples']} |")
+    if summary["sandbox_statuses"]:
+        statuses = ", ".join(f"{k} {v}" for k, v in summary["sandbox_statuses"].items())
+        notes.append(f"| sandbox statuses | {statuses} |")
+    return "\n".join([head, "", "| metric | value |", "|---|---|", *rows, *notes])

@@ -3,26 +3,23 @@ fine-tuning (arXiv:2307.09288, §3.2.3) and RAFT (arXiv:2304.06767); with a rewa
 every passing response kept, the filter of ReST (arXiv:2308.08998) and expert iteration.
 
 Each round r = 1..``rounds``:
-
 1. take ``prompts_per_round`` training prompts (fresh ones each round, then epoch after epoch);
 2. sample N responses to each (``n``, at ``sampling.temperature``) from the current model: the
    starting model in round 1, the previous round's fine-tuned model after that (Llama 2);
-3. score every response with the reward functions or a reward model (``reward_model:PATH``), the
-   same specs as GRPO and PPO;
+3. score every response with the reward functions or a reward model (``reward_model:PATH``);
 4. keep each prompt's best response (``keep: best``; a tie goes to the first sampled) or every
    distinct response (``keep: all``) whose reward reaches ``min_reward``; a response cut at
    max_new_tokens (with ``drop_truncated``) or without text is never kept;
-5. write the kept ones to ``round-r/data.jsonl`` in a format ``posttrain sft`` reads: ``prompt``
-   (the chat turns sampled from) and ``completion`` (the response, the only text trained on), with
-   the reward and round of each;
+5. write the kept ones to ``round-r/data.jsonl`` for ``posttrain sft``: ``prompt`` (the chat turns
+   sampled from), ``completion`` (the response, the only text trained on), reward and round;
 6. with ``sft: true``, fine-tune the current model on that file with the SFT recipe itself
    (``sft_epochs`` passes; with ``accumulate``, on the kept rows of every round so far, as Llama 2
    did), in ``round-r/sft/``;
 7. evaluate greedily on held-out prompts before round 1 and after each round: the task's check()
-   (``eval/accuracy``) and, when some reward is not the task's own, the rewards (``eval/reward``).
+   (``eval/accuracy``) and, when some reward is not the task's, the rewards (``eval/reward``).
 
-Logged per round (x = round): kept fraction, mean best reward, mean reward of all samples, the SFT
-loss, held-out metrics. ``run.steps`` is not used: ``rounds`` and ``sft_epochs`` set the length.
+Logged per round: kept fraction, best and mean reward, SFT loss, held-out metrics; ``rounds`` and
+``sft_epochs`` set the length (not ``run.steps``).
 """
 
 from __future__ import annotations
@@ -39,7 +36,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from posttrain.config import ClusterConfig, DataConfig, ModelConfig, OptimConfig, RunConfig, SamplingConfig
+from posttrain.config import (
+    ClusterConfig,
+    DataConfig,
+    HealthConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    SamplingConfig,
+)
 from posttrain.data.chat import prompt_messages
 from posttrain.data.formats import write_jsonl
 from posttrain.data.preflight import check_inputs
@@ -50,7 +55,7 @@ from posttrain.models import load_model, load_tokenizer, resolve_device
 from posttrain.recipes import sft
 from posttrain.rewards.base import TrainerState
 from posttrain.rewards.setup import build_reward_fns
-from posttrain.rl import held_out_rewards, rollout_metrics, sample_and_score
+from posttrain.rl import group_metrics, held_out_rewards, rollout_metrics, sample_and_score
 from posttrain.runner import Run, eval_summary, evaluate_and_log, held_out_metrics, seed_everything, start_run
 from posttrain.tracking import read_metrics
 
@@ -68,6 +73,8 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=96))
     """Sampling of the N responses (and max_new_tokens of the greedy held-out evaluation)."""
+    health: HealthConfig = field(default_factory=HealthConfig)
+    """Run-health alarms, checked after each round (x = round)."""
     n: int = 8
     """N: responses sampled per prompt."""
     prompts_per_round: int = 64
@@ -99,8 +106,7 @@ class Config:
 
     EVALUATED_EACH_ROUND = True  # run.keep_best chooses among the rounds (run.eval_every is not used)
 
-    def eval_metrics(self) -> list[str]:
-        """What the held-out evaluation logs (run.keep_best chooses by one of them)."""
+    def eval_metrics(self) -> list[str]:  # what run.keep_best may choose by
         return held_out_metrics(rewards=any(name not in TASK_REWARDS for name in self.rewards))
 
     def check(self) -> list[str]:
@@ -172,7 +178,7 @@ def sample_round(config: Config, model: nn.Module, tokenizer: Any, rows: list[di
                                         config.data.system_prompt or None))
     best_P = rewards_PN.nan_to_num(nan=-math.inf).amax(-1)
     has_reward_P = torch.isfinite(best_P)
-    metrics = rollout_metrics(rollouts, scores)
+    metrics = {**rollout_metrics(rollouts, scores), **group_metrics(scores, n)}
     metrics.update({
         "rollout/best_reward": float(best_P[has_reward_P].mean()) if has_reward_P.any() else math.nan,
         "rollout/kept_fraction": sum(map(bool, kept)) / len(kept),
@@ -273,7 +279,9 @@ def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]]
         after = evaluate(config, run, model, tokenizer, eval_rows, task, scored, round_)
         if best is not None and best.consider(round_, after):
             best_model = model_name
-    kept = best.record(config.rounds, after) if best is not None else None
+        if run.check_health(round_):  # its SFT model is round-<r>/sft/final
+            break
+    kept = best.record(round_, after) if best is not None else None
     if best_model not in (None, model_name):
         model, tokenizer = _load(config, best_model)  # a round's model, kept in round-<r>/sft/final
     keys = ["rollout/best_reward", "rollout/reward", "rollout/kept_fraction"]

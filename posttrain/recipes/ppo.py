@@ -5,8 +5,7 @@ PPO (arXiv:1707.06347) with GAE (arXiv:1506.02438) on language, as in Ziegler et
 "The N+ Implementation Details of RLHF with PPO" (arXiv:2403.17031). Four roles: the policy π
 (trained), the reference π_ref (its starting weights, frozen), the reward model (frozen; or reward
 functions, the same specs as GRPO: ``reward_model:PATH`` is a run of ``posttrain rm``) and the critic
-V (trained; a value head on the policy's backbone or on one of its own, see ``posttrain.critic``).
-Each step:
+V (trained; a value head on the policy's backbone or its own, ``posttrain.critic``). Each step:
 
 1. take P prompts (``prompts_per_step``) and sample G responses to each (``samples_per_prompt``,
    default 1) with the rollout engine;
@@ -17,10 +16,9 @@ Each step:
 5. GAE(γ, λ): advantages A_t and returns R_t = A_t + V_old; A whitened over the batch;
 6. μ epochs (``ppo_epochs``) over the batch, shuffled into ``mini_batches`` optimizer steps each, of
    the clipped surrogate (ε) + ``vf_coef`` · the clipped value loss, both averaged over tokens;
-7. with ``kl_target``, β follows Ziegler et al.'s proportional controller. Logged: reward, KL,
-   entropy, clip fractions, value loss, explained variance, timings; every ``run.eval_every`` steps,
-   greedy responses to held-out prompts scored by the same rewards (``eval/reward``) and by the
-   task's check() (``eval/accuracy``). Checkpoints hold the policy and the critic; final/ the policy.
+7. with ``kl_target``, β follows Ziegler et al.'s proportional controller. Every ``run.eval_every``
+   steps greedy held-out responses are scored by the rewards (``eval/reward``) and the task's check()
+   (``eval/accuracy``). Checkpoints hold the policy and the critic; final/ the policy.
 """
 
 from __future__ import annotations
@@ -35,9 +33,17 @@ from typing import Any
 import torch
 
 from posttrain.advantages import AdaptiveKLController, gae, kl_shaped_rewards, whiten
-from posttrain.config import ClusterConfig, DataConfig, ModelConfig, OptimConfig, RunConfig, SamplingConfig
+from posttrain.config import (
+    ClusterConfig,
+    DataConfig,
+    HealthConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    SamplingConfig,
+)
 from posttrain.critic import CRITICS, ActorCritic, load_actor_critic
-from posttrain.data.sources import DataOrder, load_split, resolve_task
+from posttrain.data.sources import DataOrder, resolve_task
 from posttrain.logprobs import token_logprobs
 from posttrain.losses import policy_loss, value_loss
 from posttrain.models import ReferencePolicy
@@ -45,6 +51,7 @@ from posttrain.rewards.base import TrainerState
 from posttrain.rewards.setup import build_reward_fns
 from posttrain.rl import (
     config_problems,
+    group_metrics,
     held_out_rewards,
     reference_policy,
     rollout_metrics,
@@ -53,7 +60,7 @@ from posttrain.rl import (
     training_batch,
     update_passes,
 )
-from posttrain.runner import Setup, evaluate_and_log, held_out_metrics, log_rollout_samples, setup
+from posttrain.runner import Setup, held_out_metrics, log_rollout_samples, setup
 from posttrain.training import Stepper, autocast, micro_batches
 
 REWARD_MODEL = "reward_model:"
@@ -68,6 +75,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     prompts_per_step: int = 16
     """P: prompts per step."""
     samples_per_prompt: int = 1
@@ -79,8 +87,7 @@ class Config:
     mini_batches: int = 1
     """Optimizer steps per pass: the N sequences, shuffled, split into this many mini-batches."""
     rewards: list[str] = field(default_factory=lambda: ["task_format", "task_correct"])
-    """Rewards: reward_model:PATH (final/ of a `posttrain rm` run), task_format, task_correct, a
-    built-in name, or path/file.py:function."""
+    """Rewards: reward_model:PATH (a `posttrain rm` run's final/), task_*, a built-in, or file.py:fn."""
     reward_weights: list[float] = field(default_factory=list)
     """One weight per reward (empty: all 1)."""
     beta: float = 0.05
@@ -106,21 +113,18 @@ class Config:
     reference: str = "frozen"
     """Reference policy: frozen (a copy of the starting weights) or adapter (LoRA switched off)."""
     critic_lr: float = 0.0
-    """Learning rate of the critic (value head, and its backbone when separate); 0: optim.lr. A new
-    value head learns slowly at a policy's learning rate (TRL and OpenRLHF default it higher)."""
+    """The critic's learning rate (0: optim.lr); a new value head learns slowly at a policy's rate."""
     missing_eos_penalty: float = 0.0
     """Subtracted from the score of a response cut at max_new_tokens (it never ended)."""
 
-    def eval_metrics(self) -> list[str]:
-        """What the held-out evaluation logs (run.keep_best chooses by one of them)."""
+    def eval_metrics(self) -> list[str]:  # what run.keep_best may choose by
         return held_out_metrics(rewards=True)
 
     def check(self) -> list[str]:
         problems = config_problems(self, {"critic": CRITICS, "critic_init": ("policy", "reward_model"),
                                           "reference": ("frozen", "adapter")})
         if self.critic_init == "reward_model" and self.critic != "separate":
-            problems.append("critic_init: reward_model needs critic: separate (a shared critic is the "
-                            "policy's own backbone)")
+            problems.append("critic_init: reward_model needs critic: separate (shared is the policy's own)")
         if self.critic_init == "reward_model" and not any(r.startswith(REWARD_MODEL) for r in self.rewards):
             problems.append("critic_init: reward_model needs a reward model in 'rewards' (reward_model:PATH)")
         for key in ("gamma", "lam"):
@@ -132,8 +136,7 @@ class Config:
             if getattr(self, key) < 0:
                 problems.append(f"'{key}' must be >= 0; got {getattr(self, key)}")
         if self.kl_target > 0 and (self.beta <= 0 or self.kl_horizon <= 0):
-            problems.append("kl_target > 0 (adaptive β) needs beta > 0 (its starting value) and "
-                            "kl_horizon > 0")
+            problems.append("kl_target > 0 (adaptive β) needs beta > 0 (its start value) and kl_horizon > 0")
         if self.samples_per_prompt < 1:
             problems.append(f"samples_per_prompt must be >= 1; got {self.samples_per_prompt}")
         elif not 1 <= self.mini_batches <= self.prompts_per_step * self.samples_per_prompt:
@@ -174,7 +177,9 @@ def ppo_targets(config: Config, ac: ActorCritic, reference: ReferencePolicy | No
     metrics = {"value/explained_variance": before["explained_variance"],
                "value/mean": float((values_NT * mask_NT).sum() / mask_NT.sum().clamp(min=1))}
     if reference is not None:
+        tokens = mask_NT.sum()
         metrics.update({"policy/kl": _mean(kl_N, valid_N), "policy/beta": beta,
+                        "policy/kl_per_token": float(kl_N[valid_N].sum() / tokens) if tokens > 0 else 0.0,
                         "rollout/rlhf_reward": _mean(score_N - beta * kl_N, valid_N)})
     targets = {"old_logprobs": old_NT, "old_values": values_NT, "returns": returns_NT, "mask": mask_NT,
                "advantages": whiten(advantages_NT, mask_NT)}
@@ -220,21 +225,17 @@ def ppo_update(config: Config, ac: ActorCritic, stepper: Stepper, batch: Tensors
     return metrics
 
 
-def _evaluate_policy(config: Config, s: Setup, policy: Any, eval_rows: list[dict[str, Any]] | None,
-                     rewards: list[Any]) -> None:
-    """Held-out evaluation of the policy inside the ActorCritic that ``setup`` loaded: the task's check()
-    (eval/accuracy, eval/format) and the rewards of its greedy responses (eval/reward)."""
-    rows = eval_rows if eval_rows is not None else load_split(config.data, "eval", "prompts", config.run.seed)
-    s.eval_rows, s.evaluate = rows, evaluate_and_log(s.run, policy, s.tokenizer, rows, s.task, config)
-    s.eval_before = s.evaluate(0) if s.run.start_step == 0 else s.run.state.get("eval_before", {})
+def _evaluate_rewards(config: Config, s: Setup, policy: Any, rewards: list[Any]) -> None:
+    """Add to the held-out evaluation (the task's check(), on ``policy``: see ``setup``) the rewards of
+    the policy's greedy responses (eval/reward)."""
 
     def reward_evaluation(step: int) -> dict[str, float]:
-        metrics = held_out_rewards(policy, s.tokenizer, rows, rewards, config.sampling, config.data,
+        metrics = held_out_rewards(policy, s.tokenizer, s.eval_rows, rewards, config.sampling, config.data,
                                    TrainerState(step, config.run.steps))
         if metrics:
             s.run.tracker.log(step, {f"eval/{k}": v for k, v in metrics.items()})
             print(f"[eval] step {step}: mean reward {metrics['reward']:.4f} of greedy responses to "
-                  f"{len(rows)} held-out prompts")
+                  f"{len(s.eval_rows)} held-out prompts")
         return metrics
 
     s.also_evaluate(reward_evaluation)
@@ -248,13 +249,12 @@ def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]]
     critic_init = next((r[len(REWARD_MODEL):] for r in config.rewards if r.startswith(REWARD_MODEL)), None)
     load = partial(load_actor_critic, critic=config.critic,
                    init_from=critic_init if config.critic_init == "reward_model" else None)
-    # eval rows are evaluated below, on the policy rather than on the ActorCritic module
-    s = setup(config, "ppo", "prompts", train_rows, [], load=load,
+    s = setup(config, "ppo", "prompts", train_rows, eval_rows, load=load, evaluated=lambda ac: ac.policy,
               optimizer_steps_per_step=config.ppo_epochs * config.mini_batches,
               lr_by_prefix={"value_head.": config.critic_lr, "critic_backbone.": config.critic_lr}
               if config.critic_lr > 0 else None)
     ac: ActorCritic = s.model
-    _evaluate_policy(config, s, ac.policy, eval_rows, rewards)
+    _evaluate_rewards(config, s, ac.policy, rewards)
     reference = reference_policy(config.model, ac.policy, config.beta, config.reference, s.run.start_step > 0)
     kl_control = None
     if config.kl_target > 0:
@@ -284,14 +284,15 @@ def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]]
         metrics.update(ppo_update(config, ac, s.stepper, batch, targets))
         if kl_control is not None:
             kl_control.update(metrics["policy/kl"], n_steps=len(rollouts))
-        metrics.update(rollout_metrics(rollouts, scores))
+        metrics.update({**rollout_metrics(rollouts, scores), **group_metrics(scores, G)})
         s.run.tracker.log(step, {**metrics, "time/rollout_s": rollout_s,
                                  "time/update_s": time.perf_counter() - started - rollout_s})
         mask_NT = targets["mask"]  # each sample's mean advantage over its tokens
         log_rollout_samples(s.run, step, rollouts, scores, sample_rows,
                             (targets["advantages"] * mask_NT).sum(-1) / mask_NT.sum(-1).clamp(min=1))
         kl_state = {"kl_controller": kl_control.state_dict()} if kl_control is not None else {}
-        s.end_of_step(step, {"rows_used": order.used, **kl_state})
+        if s.end_of_step(step, {"rows_used": order.used, **kl_state}):
+            break
     s.model = ac.policy  # final/ is the policy alone, an HF folder; the critic lives in the checkpoints
     kl = ["policy/kl"] if reference is not None else []
     task = ["eval/accuracy"] if s.task is not None else []

@@ -101,8 +101,8 @@ def generate(model: nn.Module, tokenizer: Any, prompts: list[str | list[dict[str
     engine_options (torch): ``dtype`` "float32" (default, like the recipes' ``sampling.dtype``: the
     model itself samples, log-probs equal a re-scoring) | "bfloat16" (an engine-owned bf16 copy of an
     fp32 model, faster, log-probs within ~0.4 nats; it follows every optimizer step by itself), plus
-    the per-call ``DecodeOptions``: ``ignore_eos``, ``compact_min``, ``sampler``, ``decoder``.
-    (vllm): see ``vllm_engine.VLLMEngine``.
+    the per-call ``DecodeOptions``: ``ignore_eos``, ``compact_min``, ``sampler``, ``decoder``,
+    ``slots``, ``kv_budget_mb``. (vllm): see ``vllm_engine.VLLMEngine``.
     """
     if backend not in _BACKENDS:
         raise ConfigError(f"unknown rollout backend {backend!r}; choose one of {list(_BACKENDS)}")

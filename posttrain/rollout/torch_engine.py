@@ -1,26 +1,24 @@
 """The torch rollout engine: batched sampling with a KV cache, on whatever device the model is on.
 
-How one ``generate`` call runs:
+How one ``generate`` call runs in the batch engine (``slots=0``; by default, Llama-layout models run
+through the refilling slots of ``slots.py``, which reuse its prefill, decoder and sampler):
 1. Prefill each DISTINCT prompt once through the model's own HF decoder (left-padded batch,
    attention mask, position ids counted from each prompt's first real token); LM head on the
    last position only.
 2. Repeat each prompt's KV-cache rows for its n samples and sample the first tokens.
 3. Decode all rows together one token per step. The KV cache is a ``SlabLayer`` per layer, written
    in place and grown 32 slots at a time (HF's dynamic cache re-concatenates everything at every
-   step). Llama-layout models (Llama, Mistral, Qwen2) decode through ``LeanDecoder``; any other HF
-   decoder through its own forward (``decoder="hf"``). Finished rows (EOS, stop string, length)
-   are dropped from the batch so they stop costing compute.
-4. Sampling: temperature, then top-k, then top-p on the probabilities; one uniform per row drawn
-   from a ``torch.Generator`` seeded per call, inverted through a two-level CDF (``_inverse_cdf``).
+   step). Llama-layout models (Llama, Mistral, Qwen2) decode through ``LeanDecoder``, any other HF
+   decoder through its own forward (``decoder="hf"``). Finished rows leave the batch.
+4. Sampling: temperature, top-k, then top-p; one uniform per row from a ``torch.Generator`` seeded
+   per call (per sample in slots), inverted through a two-level CDF (``_inverse_cdf``).
 
-Weights: ``dtype="float32"`` (the default, as for the recipes' ``sampling.dtype``) samples the
-training model itself, in whatever dtype it holds, so the log-probs equal a re-scoring pass.
-``dtype="bfloat16"`` samples an engine-owned bf16 copy of an fp32 model (faster; its log-probs
-differ from an fp32 re-scoring, numbers in benchmarks/rollout.py), or the model itself when it is
-bf16 already. The copy follows the weights by itself: it is refreshed whenever
-``weights.weights_signature`` moves, which every optimizer step (fused ones included),
-``load_state_dict`` and in-place write does; ``sync_weights(model)`` forces it after edits that
-signature cannot see (through ``.data``; see ``weights.py``).
+Weights: ``dtype="float32"`` (the default, as the recipes' ``sampling.dtype``) samples the training
+model itself, so the log-probs equal a re-scoring pass. ``dtype="bfloat16"`` samples an engine-owned
+bf16 copy of an fp32 model (faster; log-probs differ from an fp32 re-scoring, see benchmarks/rollout.py),
+or a bf16 model itself. The copy is refreshed whenever ``weights.weights_signature`` moves (every
+optimizer step, fused ones included, ``load_state_dict``, in-place writes); ``sync_weights(model)``
+forces it after edits that signature cannot see (through ``.data``; see ``weights.py``).
 """
 
 from __future__ import annotations
@@ -167,33 +165,41 @@ class LeanDecoder:
     def step(self, tokens_B: torch.Tensor, pos_B: torch.Tensor, attn_BC: torch.Tensor, cache: DynamicCache,
              width: int) -> torch.Tensor:
         """Logits [B, V] of the token after ``tokens_B``, which sit at cache slot ``width``."""
-        x_BD = self.body.embed_tokens(tokens_B)
-        rows, dim = x_BD.shape[0], self.head_dim
-        cos, sin = self.body.rotary_emb(x_BD[:, None], pos_B[:, None])  # [B, 1, hd]
-        cos, sin = cos[:, None], sin[:, None]  # [B, 1, 1, hd]
         for slab in cache.layers:
             slab.reserve(width + 1)
         slots = cache.layers[0].capacity
         visible_BC = attn_BC[:, :slots].bool()
         visible_BC[:, width + 1:] = False
+        kv = [(slab.keys, slab.values) for slab in cache.layers]
+        logits_BV = self.forward(tokens_B, pos_B, visible_BC, kv, (slice(None), slice(None), width))
+        for slab in cache.layers:
+            slab.length = width + 1
+        return logits_BV
+
+    def forward(self, tokens_B: torch.Tensor, pos_B: torch.Tensor, visible_BC: torch.Tensor,
+                kv: list[tuple[torch.Tensor, torch.Tensor]], write: tuple[Any, ...]) -> torch.Tensor:
+        """Logits [B, V]: each layer writes the new key/value at ``keys[write]`` and attends over the
+        ``visible_BC`` slots of its [B, Hkv, C, hd] keys and values."""
+        x_BD = self.body.embed_tokens(tokens_B)
+        rows, dim = x_BD.shape[0], self.head_dim
+        cos, sin = self.body.rotary_emb(x_BD[:, None], pos_B[:, None])  # [B, 1, hd]
+        cos, sin = cos[:, None], sin[:, None]  # [B, 1, 1, hd]
         bias_B11C = torch.zeros(visible_BC.shape, dtype=x_BD.dtype, device=x_BD.device)
         bias_B11C = bias_B11C.masked_fill_(~visible_BC, float("-inf"))[:, None, None]
-        for layer, slab in zip(self.body.layers, cache.layers):
+        for layer, (keys, values) in zip(self.body.layers, kv):
             attn = layer.self_attn
             h_BD = self._norm(x_BD, layer.input_layernorm)
-            kv_heads = slab.keys.shape[1]
+            kv_heads = keys.shape[1]
             q = self._rotate(attn.q_proj(h_BD).view(rows, kv_heads, self.group, dim), cos, sin)
             k = self._rotate(attn.k_proj(h_BD).view(rows, kv_heads, 1, dim), cos, sin)
-            slab.keys[:, :, width] = k[:, :, 0]
-            slab.values[:, :, width] = attn.v_proj(h_BD).view(rows, kv_heads, dim)
-            scores = (q @ slab.keys.transpose(-1, -2)) * attn.scaling + bias_B11C  # [B, Hkv, G, C]
-            mixed = torch.softmax(scores.float(), dim=-1).to(q.dtype) @ slab.values  # [B, Hkv, G, hd]
+            keys[write] = k[:, :, 0]
+            values[write] = attn.v_proj(h_BD).view(rows, kv_heads, dim)
+            scores = (q @ keys.transpose(-1, -2)) * attn.scaling + bias_B11C  # [B, Hkv, G, C]
+            mixed = torch.softmax(scores.float(), dim=-1).to(q.dtype) @ values  # [B, Hkv, G, hd]
             x_BD = x_BD + attn.o_proj(mixed.reshape(rows, -1))
             h_BD = self._norm(x_BD, layer.post_attention_layernorm)
             mlp = layer.mlp
             x_BD = x_BD + mlp.down_proj(torch.nn.functional.silu(mlp.gate_proj(h_BD)) * mlp.up_proj(h_BD))
-        for slab in cache.layers:
-            slab.length = width + 1
         h_BD = self._norm(x_BD, self.body.norm)
         if self._logits is None or self._logits.shape[0] < rows or self._logits.dtype != h_BD.dtype:
             self._logits = h_BD.new_empty((rows, self.lm_head.weight.shape[0]))
@@ -213,10 +219,11 @@ def sample_workspace(rows: int, vocab: int, device: torch.device) -> torch.Tenso
     return torch.zeros((rows, -(-vocab // _BLOCK) * _BLOCK), dtype=torch.float32, device=device)
 
 
-def sample_tokens(logits_BV: torch.Tensor, sampling: SamplingParams, generator: torch.Generator,
-                  sampler: str = "inverse_cdf", workspace: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one token per row; return ``(tokens_B, logprobs_B)``.
+def sample_tokens(logits_BV: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None,
+                  sampler: str = "inverse_cdf", workspace: torch.Tensor | None = None,
+                  uniform_B: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one token per row; return ``(tokens_B, logprobs_B)``. ``uniform_B`` (float64 in [0, 1),
+    inverse_cdf only) gives each row its uniform instead of drawing them from ``generator``.
 
     logprob = log_softmax(logits / T)[token] with T = temperature (1 when greedy), taken before the
     top-k/top-p truncation so that it equals a re-scoring forward pass at the same temperature.
@@ -238,7 +245,7 @@ def sample_tokens(logits_BV: torch.Tensor, sampling: SamplingParams, generator: 
     probs_BV.div_(probs_BV.sum(dim=-1, keepdim=True))  # softmax, in place
     weights_BV = _truncate(probs_BV, sampling.top_k, sampling.top_p)
     if sampler == "inverse_cdf":
-        tokens_B = _inverse_cdf(padded_BP, generator)
+        tokens_B = _inverse_cdf(padded_BP, generator, uniform_B)
     elif sampler == "exponential":
         # Exponential race: argmax w_i / E_i with E_i ~ Exp(1) draws i with probability ∝ w_i.
         noise_BV = torch.empty_like(weights_BV).exponential_(generator=generator)
@@ -267,7 +274,8 @@ def _untruncated(probs_BV: torch.Tensor, logits_BV: torch.Tensor, sampling: Samp
     return probs_BV.div_(probs_BV.sum(dim=-1, keepdim=True))
 
 
-def _inverse_cdf(weights_BP: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _inverse_cdf(weights_BP: torch.Tensor, generator: torch.Generator | None,
+                 uniform_B: torch.Tensor | None = None) -> torch.Tensor:
     """Index drawn with probability ∝ weights [B, P] (P a multiple of the block), one uniform per row.
 
     Two levels (block masses, then a cumulative sum inside the chosen block) keep the rounding
@@ -280,7 +288,8 @@ def _inverse_cdf(weights_BP: torch.Tensor, generator: torch.Generator) -> torch.
     mass_Bn = blocks_BNb.sum(dim=-1).double()  # [B, nb]
     cdf_Bn = mass_Bn.cumsum(dim=-1)
     total_B1 = cdf_Bn[:, -1:]
-    uniform_B1 = torch.rand((rows, 1), generator=generator, dtype=torch.float64, device=weights_BP.device)
+    uniform_B1 = uniform_B[:, None] if uniform_B is not None else torch.rand(
+        (rows, 1), generator=generator, dtype=torch.float64, device=weights_BP.device)
     # Strictly below the total, so the first cdf entry above it belongs to a block with mass > 0.
     target_B1 = torch.minimum(uniform_B1 * total_B1, total_B1.nextafter(torch.zeros_like(total_B1)))
     block_B1 = torch.searchsorted(cdf_Bn, target_B1, right=True)
@@ -410,6 +419,10 @@ class TorchEngine:
 
     def _run(self, model: nn.Module, tokenizer: Any, prompt_ids: list[list[int]], n: int,
              sampling: SamplingParams, options: DecodeOptions) -> _Sampled:
+        from posttrain.rollout.slots import run_slots, supports_slots
+
+        if supports_slots(model, options):
+            return run_slots(model, tokenizer, prompt_ids, n, sampling, options)
         device = next(model.parameters()).device
         seed = sampling.seed if sampling.seed is not None else int(torch.randint(2**62, (1,)).item())
         generator = torch.Generator(device=device)

@@ -68,6 +68,12 @@ class DecodeOptions:
     """"inverse_cdf" (one uniform per row; fastest measured), "multinomial" or "exponential"."""
     decoder: str = "lean"
     """"lean": ``LeanDecoder`` for Llama-layout models, others fall back to "hf" (the model's forward)."""
+    slots: int = 64
+    """Rows decoded at once by the slot engine (``slots.py``): a finished row's slot takes the next waiting
+    sample, so the batch stays full. 0 = the batch engine (every row at once, finished rows dropped);
+    models the lean decoder does not take, and the other samplers, always use the batch engine."""
+    kv_budget_mb: float = 2048
+    """Most memory the slot engine's KV cache may take (MB); the slot count is capped to what it holds."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -75,6 +81,9 @@ class DecodeOptions:
             problems.append(f"engine_options.sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
         if self.decoder not in ("lean", "hf"):
             problems.append(f"engine_options.decoder must be 'lean' or 'hf', got {self.decoder!r}")
+        if self.slots < 0 or not self.kv_budget_mb > 0:
+            problems.append(f"engine_options.slots must be >= 0 and kv_budget_mb > 0, got {self.slots} and "
+                            f"{self.kv_budget_mb}")
         if not 0.0 <= self.compact_min < 1.0:
             problems.append(f"engine_options.compact_min must be in [0, 1), got {self.compact_min}")
         if problems:

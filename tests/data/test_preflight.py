@@ -11,11 +11,14 @@ from typing import Any
 
 import pytest
 
+from posttrain.checkpoint import Checkpointer
 from posttrain.config import load_config
 from posttrain.data import preflight
 from posttrain.data.preferences import encode_pairs
 from posttrain.errors import ConfigError, DataError
-from posttrain.recipes import best_of_n, grpo, sft
+from posttrain.eval import command
+from posttrain.models import EMBEDDED_DEFAULT, save_pretrained
+from posttrain.recipes import best_of_n, grpo, ppo, sft
 
 
 @pytest.fixture
@@ -27,6 +30,7 @@ def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr("posttrain.runner.load_model", refuse)
     monkeypatch.setattr("posttrain.recipes.best_of_n.load_model", refuse)
+    monkeypatch.setattr("posttrain.models.load_model", refuse)  # imported when called (eval, critic)
 
 
 def _jsonl(path: Path, *rows: dict[str, Any]) -> Path:
@@ -159,3 +163,93 @@ def test_best_of_n_checks_prompts_before_loading_the_model(tiny_model_dir: str, 
                                         r"data.max_prompt_tokens 48"):
         best_of_n.train(config)
     assert not (tmp_path / "runs").exists()
+
+
+def test_ppo_checks_held_out_prompts_before_loading_the_model(tiny_model_dir: str, tmp_path: Path,
+                                                              no_model: None) -> None:
+    """PPO evaluates its policy, not the actor-critic it loads, on the held-out rows: they are checked
+    with the others all the same."""
+    data = _jsonl(tmp_path / "p.jsonl", {"prompt": "What is 2 + 2?"})
+    held_out = _jsonl(tmp_path / "eval.jsonl", {"prompt": "What is 1 + 1?", "answer": "2"},
+                      {"prompt": "count: " + "one two three " * 20, "answer": "x"})
+    config = load_config(ppo.Config, None, [
+        f"model.name={tiny_model_dir}", f"run.output_dir={tmp_path / 'runs'}", "run.name=t",
+        f"data.train={data}", f"data.eval={held_out}", "data.task=arithmetic",
+        "sampling.max_new_tokens=2000"])
+    with pytest.raises(DataError, match=rf"^{held_out}:2, field 'prompt': the prompt is \d+ tokens; with "
+                                        r"sampling.max_new_tokens 2000 that exceeds the model's context "
+                                        r"window of 2048 tokens"):
+        ppo.train(config)
+    assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------- posttrain eval: refused before loading
+
+
+def _eval_config(tmp_path: Path, **values: Any) -> command.Config:
+    return load_config(command.Config, values={"output_dir": str(tmp_path / "evals"), **values})
+
+
+def test_eval_reports_every_bad_row_of_a_file_before_loading_the_model(tiny_model_dir: str, tmp_path: Path,
+                                                                       no_model: None) -> None:
+    path = _jsonl(tmp_path / "bench.jsonl", {"prompt": "What is 2 + 2?", "answer": 4},
+                  {"prompt": "Repeat: " + "one two three " * 20, "answer": "x"},
+                  {"prompt": "Sum?", "tests": "assert f(1) =="},
+                  {"prompt": "word " * 1_000_000, "answer": "y"})
+    with pytest.raises(DataError) as info:
+        command.run(_eval_config(tmp_path, model=tiny_model_dir, benchmark=str(path),
+                                 **{"sampling.max_new_tokens": 1990}))
+    text = str(info.value)
+    assert text.startswith(f"{path}:3, field 'tests': the tests are not Python code that parses")
+    assert "\n  2 more problems:\n" in text
+    assert re.search(rf"\n  - {path}:2, field 'prompt': the prompt is \d+ tokens; with "
+                     r"sampling.max_new_tokens 1990 that exceeds the model's context window of 2048 tokens",
+                     text), text
+    assert re.search(rf"\n  - {path}:4, field 'prompt': the prompt is at least \d+ tokens \(5,000,\d{{3}} "
+                     r"characters\)", text), text
+    assert not (tmp_path / "evals").exists()
+
+
+@pytest.mark.parametrize("source", ["hf_folder", "run_final", "run_checkpoint", "embedded"])
+def test_eval_checks_prompts_against_the_evaluated_models_window(source: str, tiny_model: Any, tokenizer: Any,
+                                                                  tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever the source, its tokenizer and window are read without its weights: a run directory's
+    final/, else the base model its checkpoint is loaded onto; an HF folder; the embedded default."""
+    folder = str(save_pretrained(tiny_model, tokenizer, tmp_path / "hf"))  # a 2048-token window
+    run_dir = tmp_path / "runs" / "grpo-1"
+    sources = {"hf_folder": (folder, 2048), "embedded": (EMBEDDED_DEFAULT, 8192)}
+    model, window = sources.get(source, (str(run_dir), 2048))
+    if source == "run_final":
+        save_pretrained(tiny_model, tokenizer, run_dir / "final")
+    if source == "run_checkpoint":
+        Checkpointer(run_dir).save(2, tiny_model, None, None, {})
+        (run_dir / "config.yaml").write_text(f"model:\n  name: {folder}\n")
+
+    def refuse(*_: Any, **__: Any) -> None:
+        raise AssertionError("the model was loaded before the prompts were checked")
+
+    monkeypatch.setattr("posttrain.models.load_model", refuse)
+    monkeypatch.setattr("posttrain.runner.load_model", refuse)
+    with pytest.raises(DataError) as info:
+        command.run(_eval_config(tmp_path, model=model, benchmark="arithmetic", problems=3,
+                                 **{"sampling.max_new_tokens": window - 8}))
+    assert len(info.value.problems) == 3
+    assert all(f"that exceeds the model's context window of {window} tokens" in str(problem)
+               for problem in info.value.problems)
+    assert not (tmp_path / "evals").exists()
+
+
+def test_eval_measures_a_raw_humaneval_prompt_as_the_engine_tokenizes_it(
+        tiny_model_dir: str, tokenizer: Any, tmp_path: Path, no_model: None) -> None:
+    """prompt_style=raw gives the model the stub as plain text (no chat template): that text is measured."""
+    from posttrain.eval import humaneval
+
+    stub = humaneval.problems(1)[0]["prompt"]
+    tokens = len(tokenizer(stub, add_special_tokens=False)["input_ids"])
+    message = (rf"^humaneval:HumanEval/0, field 'prompt': the prompt is {tokens} tokens; with "
+               rf"sampling.max_new_tokens {2049 - tokens} that exceeds")
+    with pytest.raises(DataError, match=message):
+        command.run(_eval_config(tmp_path, model=tiny_model_dir, benchmark="humaneval", problems=1,
+                                 prompt_style="raw", **{"sampling.max_new_tokens": 2049 - tokens}))
+    assert not (tmp_path / "evals").exists()
