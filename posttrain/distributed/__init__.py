@@ -18,7 +18,7 @@ its own share of the rows. The recipe meets the ranks only through the seams bel
 no-ops in one process: ``rank_rows`` (``training.accumulate``: this rank's rows and its part of the
 batch's loss normaliser), ``reduce_gradients`` (``Stepper.step``: gradients summed over the ranks),
 ``sum_over_ranks`` (metrics of the whole batch), ``from_writer`` / ``is_writer`` / ``barrier`` (rank 0
-alone writes the run directory and checkpoints). Rollout workers are not wired in yet (issue 20).
+alone writes the run directory and checkpoints).
 """
 
 from __future__ import annotations

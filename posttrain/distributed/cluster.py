@@ -1,6 +1,6 @@
 """Start, join and stop a run's Ray cluster, and place a role's actors on it.
 
-A role (reward workers, trainer ranks, later rollout workers) is ``count`` actors each asking for
+A role (reward workers, rollout workers, trainer ranks) is ``count`` actors each asking for
 ``cpus`` and ``gpus``. It gets a placement group, one bundle per actor, as OpenRLHF and verl do. Unlike
 OpenRLHF's ``ray.get(pg.ready())`` (launcher.py), which waits forever for resources that never come,
 a request is first compared with the cluster's totals and largest node (an error at once), then given
