@@ -6,9 +6,10 @@ and tokenizes the prompts (errors name the prompt's index in the whole batch), c
 contiguous share of whole prompts per worker (all n samples of a prompt on one worker), and the
 shares come back in prompt order. The seed is drawn here when the call has none, as the engine would
 draw it, and passed on: each sample's random stream depends only on the seed, its prompt's tokens and
-its sample index (``rollout/slots.py``), so the workers sample what one process samples. (Two equal
-prompts in one batch that land on different workers both count as the first of their kind there, so
-their samples differ from one process's; a step's prompts are distinct rows in practice.)
+its sample index (``rollout/slots.py``), so the workers sample what one process samples wherever the
+slot engine runs. (Not the batch engine's samples, a LoRA policy's included: they depend on the
+split. Nor two equal prompts of one batch that land on different workers: both count as the first of
+their kind there; a step's prompts are distinct rows in practice.)
 
 Weights: each worker loads the policy from the run's model config, then holds the weights the driver
 pushed. The driver pushes when the policy's ``weights_signature`` has moved since its last push (after
