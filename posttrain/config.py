@@ -243,7 +243,8 @@ class ClusterConfig:
     """How trainer ranks share the model: ddp (a full copy each, gradients summed once per optimizer
     step) or fsdp (torch's fully_shard; not yet on the recipes)."""
     rollout_workers: int = 0
-    """Ray actors each holding a rollout engine (0: sample in this process; more: not yet)."""
+    """Ray actors each holding a copy of the policy and a rollout engine, the prompts split across them
+    and the weights pushed after each optimizer step (0: sample in this process)."""
     reward_workers: int = 0
     """Ray actors running the reward functions and the code sandbox, the batch split across them
     (0: score in this process)."""
@@ -288,9 +289,10 @@ class ClusterConfig:
         if wanted and not address:
             problems.append(f"{', '.join(wanted)} needs a Ray cluster: set cluster.address to local (start "
                             "one on this machine), auto or ray://host:port (join a running one)")
-        if self.rollout_workers > 0:  # said plainly rather than silently ignored (issue 20)
-            problems.append("rollout_workers: not implemented yet; for now a cluster runs reward workers "
-                            "and trainer ranks (set cluster.rollout_workers=0)")
+        if self.trainers > 1 and self.rollout_workers > 0:  # said plainly rather than silently ignored
+            problems.append(f"trainers={self.trainers} with rollout_workers={self.rollout_workers}: not "
+                            "implemented yet; each trainer rank samples its batch itself (set "
+                            "cluster.rollout_workers=0, or cluster.trainers=1)")
         if self.trainers > 1 and self.sharding == "fsdp":
             problems.append("sharding=fsdp: not implemented yet on the recipes' trainer ranks; use "
                             "cluster.sharding=ddp (each rank a full copy of the model)")

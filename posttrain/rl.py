@@ -29,7 +29,7 @@ from posttrain.models import ReferencePolicy
 from posttrain.rewards.base import RewardScores
 from posttrain.rewards.calling import TrainerState, reward_inputs
 from posttrain.rewards.setup import reward_metrics
-from posttrain.rollout import Rollouts, SamplingParams, generate
+from posttrain.rollout import Rollouts, SamplingParams
 from posttrain.training import Stepper, accumulate, micro_batches
 
 MicroLoss = Callable[[slice], tuple[torch.Tensor, dict[str, float]]]
@@ -50,8 +50,10 @@ def sample_and_score(model: nn.Module, tokenizer: Any, rows: list[dict[str, Any]
     params = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                             max_new_tokens=s.max_new_tokens, seed=seed)
     prompts = [prompt_messages(row, data.system_prompt or None) for row in rows]
-    rollouts = generate(model, tokenizer, prompts, n=n, sampling=params, backend=s.backend,
-                        max_prompt_tokens=data.max_prompt_tokens, engine_options={"dtype": s.dtype})
+    sample = distributed.rollout_sampler()  # generate, or its rollout workers on a cluster
+    rollouts = sample(model, tokenizer, prompts, n=n, sampling=params, backend=s.backend,
+                      max_prompt_tokens=data.max_prompt_tokens, engine_options={"dtype": s.dtype})
+    distributed.check_on_policy(model, rollouts)
     sample_rows = [rows[i // n] for i in range(len(rollouts))]
     reward_prompts, completions = reward_inputs(sample_rows, [prompts[i // n] for i in range(len(rollouts))],
                                                 rollouts.texts)

@@ -5,9 +5,12 @@ empty ``cluster.address`` (the default) nothing here imports Ray and a run is on
 always was. Otherwise ``start_run`` (posttrain/runner.py) calls ``start`` once per run and
 ``Run.finish`` calls ``stop``; in between, the shared RL step looks its reward scorer up with
 ``reward_scorer()``, which is ``score_completions`` itself in one process and a pool of reward
-workers (``reward_workers.RewardPool``) on a cluster.
+workers (``reward_workers.RewardPool``) on a cluster, and its sampler with ``rollout_sampler()``:
+``posttrain.rollout.generate`` itself, or a pool of rollout workers (``rollout_workers.RolloutPool``),
+whose rollouts ``check_on_policy`` compares with the policy's current weight version.
 
-What runs on a cluster: reward workers (reward functions and the code sandbox), and with
+What runs on a cluster: reward workers (reward functions and the code sandbox), rollout workers
+(a copy of the policy and its engine each, the weights pushed after each optimizer step), and with
 ``cluster.trainers > 1`` the recipe itself on trainer ranks (``trainers.py``). ``launch(train, config)``
 (the CLI calls it) runs the recipe's unchanged ``train`` on every rank of one torch.distributed group,
 torchrun-style (as OpenRLHF's and verl's trainer actors do): each rank holds the same batch and backs
@@ -15,7 +18,7 @@ its own share of the rows. The recipe meets the ranks only through the seams bel
 no-ops in one process: ``rank_rows`` (``training.accumulate``: this rank's rows and its part of the
 batch's loss normaliser), ``reduce_gradients`` (``Stepper.step``: gradients summed over the ranks),
 ``sum_over_ranks`` (metrics of the whole batch), ``from_writer`` / ``is_writer`` / ``barrier`` (rank 0
-alone writes the run directory and checkpoints). Rollout workers are not wired in yet (issue 20).
+alone writes the run directory and checkpoints).
 """
 
 from __future__ import annotations
@@ -38,17 +41,20 @@ class ClusterError(PosttrainError):
 
 
 class _Session:
-    """The cluster of the run in progress (one at a time per process) and its reward pool."""
+    """The cluster of the run in progress (one at a time per process), its reward and rollout pools."""
 
-    def __init__(self, config: ClusterConfig) -> None:
+    def __init__(self, config: ClusterConfig, model: Any) -> None:
         from posttrain.distributed.cluster import Cluster
         from posttrain.distributed.reward_workers import RewardPool
+        from posttrain.distributed.rollout_workers import RolloutPool
 
         self.config = config
         self.depth = 1
         self.cluster = Cluster(config)
         try:
             self.reward_pool = RewardPool(self.cluster, config) if config.reward_workers else None
+            wants_rollouts = config.rollout_workers and model is not None
+            self.rollout_pool = RolloutPool(self.cluster, config, model) if wants_rollouts else None
         except BaseException:
             self.cluster.stop()
             raise
@@ -179,7 +185,7 @@ def start(config: Any) -> None:
         return
     shutdown()
     if wanted:
-        _session = _Session(cluster)
+        _session = _Session(cluster, getattr(config, "model", None))
 
 
 def stop() -> None:
@@ -208,6 +214,30 @@ def reward_scorer() -> Scorer:
     return score_completions
 
 
-__all__ = ["ClusterError", "Rank", "Scorer", "barrier", "check_launched", "from_writer", "is_writer",
-           "launch", "own_dir", "rank_rows", "reduce_gradients", "reward_scorer", "set_rank", "shutdown",
-           "start", "stop", "sum_over_ranks", "this_rank"]
+def rollout_sampler() -> Callable[..., Any]:
+    """What samples rollouts now: the run's rollout workers, or ``posttrain.rollout.generate`` in this
+    process (both take ``generate``'s arguments and return ``Rollouts``)."""
+    if _session is not None and _session.rollout_pool is not None:
+        return _session.rollout_pool.generate
+    from posttrain.rollout import generate
+
+    return generate
+
+
+def check_on_policy(model: Any, rollouts: Any) -> None:
+    """Raise a ClusterError when ``rollouts`` were sampled with other weights than ``model``'s current
+    ones (a weight version behind): training stays on-policy. Nothing to check in one process."""
+    if _session is None or _session.rollout_pool is None:
+        return
+    current = _session.rollout_pool.version_of(model)
+    if rollouts.weight_version != current:
+        raise ClusterError(
+            f"stale rollouts: sampled with weight version {rollouts.weight_version}, but the policy is at "
+            f"version {current} ({current - rollouts.weight_version} optimizer step(s) since). Training "
+            "on them would be off-policy; sample again after the step (max_staleness, sampling ahead "
+            "of training with an importance correction, is not implemented)")
+
+
+__all__ = ["ClusterError", "Rank", "Scorer", "barrier", "check_launched", "check_on_policy", "from_writer",
+           "is_writer", "launch", "own_dir", "rank_rows", "reduce_gradients", "reward_scorer",
+           "rollout_sampler", "set_rank", "shutdown", "start", "stop", "sum_over_ranks", "this_rank"]

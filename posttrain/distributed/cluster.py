@@ -1,6 +1,6 @@
 """Start, join and stop a run's Ray cluster, and place a role's actors on it.
 
-A role (reward workers, trainer ranks, later rollout workers) is ``count`` actors each asking for
+A role (reward workers, rollout workers, trainer ranks) is ``count`` actors each asking for
 ``cpus`` and ``gpus``. It gets a placement group, one bundle per actor, as OpenRLHF and verl do. Unlike
 OpenRLHF's ``ray.get(pg.ready())`` (launcher.py), which waits forever for resources that never come,
 a request is first compared with the cluster's totals and largest node (an error at once), then given
@@ -16,11 +16,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
+import torch
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from posttrain.config import ClusterConfig
 from posttrain.distributed import ClusterError
+
+RESTARTS = 3
+"""Restarts of a dead worker (and re-sends of its share) before the run stops with a ClusterError."""
+START_TIMEOUT_S = 120.0
+"""Time for a role's actors to start: a fresh process imports torch and posttrain (seconds each)."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,32 @@ def share_bounds(n: int, workers: int) -> list[tuple[int, int]]:
         bounds.append((start, stop))
         start = stop
     return bounds
+
+
+def pin_to_share_of_cores(bundle_index: int, cpus: float) -> None:
+    """Restrict this process (and the sandboxed programs it starts) to ``cpus`` cores of its node: the
+    k-th worker placed on a node takes the k-th group of cores."""
+    group = ray.util.get_current_placement_group()
+    if group is None:
+        return
+    nodes = ray.util.placement_group_table(group)["bundles_to_node_id"]
+    slot = sum(1 for index in range(bundle_index) if nodes[index] == nodes[bundle_index])
+    cores = sorted(os.sched_getaffinity(0))
+    width = min(len(cores), max(1, round(cpus)))
+    os.sched_setaffinity(0, {cores[(slot * width + k) % len(cores)] for k in range(width)})
+    torch.set_num_threads(width)
+
+
+def started(workers: list[Any], role: str, address: str) -> list[int]:
+    """The process ids of a role's just-created actors once each has started (each has a ``pid``
+    method); a ClusterError when one has not within START_TIMEOUT_S."""
+    try:
+        return ray.get([worker.pid.remote() for worker in workers], timeout=START_TIMEOUT_S)
+    except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as error:
+        raise ClusterError(
+            f"the {role} workers did not start on the Ray cluster at {address!r} within "
+            f"{START_TIMEOUT_S:g} s ({type(error).__name__}: {error}); every node needs posttrain "
+            "installed (pip install 'posttrain[distributed]')") from error
 
 
 def _python_path() -> str:

@@ -21,20 +21,21 @@ import sys
 from typing import Any
 
 import ray
-import torch
 from ray import cloudpickle
 
 from posttrain.config import ClusterConfig
 from posttrain.distributed import ClusterError
-from posttrain.distributed.cluster import Cluster, Role, share_bounds
+from posttrain.distributed.cluster import (
+    RESTARTS,
+    Cluster,
+    Role,
+    pin_to_share_of_cores,
+    share_bounds,
+    started,
+)
 from posttrain.errors import RewardError
 from posttrain.rewards.base import RewardScores, score_completions
 from posttrain.rewards.calling import TrainerState
-
-RESTARTS = 3
-"""Restarts of a dead worker (and re-sends of its share) before the run stops with a ClusterError."""
-START_TIMEOUT_S = 120.0
-"""Time for the workers to start: a fresh process imports torch and posttrain (seconds each)."""
 
 
 @ray.remote
@@ -42,7 +43,7 @@ class RewardWorker:
     """Scores shares of batches in its own process, on its share of its node's cores."""
 
     def __init__(self, bundle_index: int, cpus: float) -> None:
-        _pin_to_share_of_cores(bundle_index, cpus)
+        pin_to_share_of_cores(bundle_index, cpus)
 
     def pid(self) -> int:
         return os.getpid()
@@ -50,20 +51,6 @@ class RewardWorker:
     def score(self, reward_fns: list[tuple[str, Any, float]], prompts: list[Any], completions: list[Any],
               columns: dict[str, Any], **trainer_arguments: Any) -> RewardScores:
         return score_completions(reward_fns, prompts, completions, columns, **trainer_arguments)
-
-
-def _pin_to_share_of_cores(bundle_index: int, cpus: float) -> None:
-    """Restrict this process (and the sandboxed programs it starts) to ``cpus`` cores of its node: the
-    k-th worker placed on a node takes the k-th group of cores."""
-    group = ray.util.get_current_placement_group()
-    if group is None:
-        return
-    nodes = ray.util.placement_group_table(group)["bundles_to_node_id"]
-    slot = sum(1 for index in range(bundle_index) if nodes[index] == nodes[bundle_index])
-    cores = sorted(os.sched_getaffinity(0))
-    width = min(len(cores), max(1, round(cpus)))
-    os.sched_setaffinity(0, {cores[(slot * width + k) % len(cores)] for k in range(width)})
-    torch.set_num_threads(width)
 
 
 class RewardPool:
@@ -75,13 +62,7 @@ class RewardPool:
         self._sent: tuple[list[Any], Any] | None = None  # the reward functions last sent, and their object
         self.workers = [RewardWorker.options(**option, max_restarts=RESTARTS, max_task_retries=RESTARTS)
                         .remote(index, role.cpus) for index, option in enumerate(options)]
-        try:
-            self.pids = ray.get([worker.pid.remote() for worker in self.workers], timeout=START_TIMEOUT_S)
-        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as error:
-            raise ClusterError(
-                f"the reward workers did not start on the Ray cluster at {cluster.address!r} within "
-                f"{START_TIMEOUT_S:g} s ({type(error).__name__}: {error}); every node needs posttrain "
-                "installed (pip install 'posttrain[distributed]')") from error
+        self.pids = started(self.workers, "reward", cluster.address)
 
     def score(self, reward_fns: list[tuple[str, Any, float]], prompts: list[Any], completions: list[Any],
               columns: dict[str, Any], *, completion_ids: list[list[int]] | None = None,

@@ -129,12 +129,7 @@ def _sample_groups(config: Config, model: Any, tokenizer: Any, rows: list[dict[s
 
 def _concat(parts: list[tuple[Any, Any, list[dict[str, Any]]]]) -> tuple[Any, Any, list[dict[str, Any]]]:
     """Several sampling rounds as one batch (dynamic sampling)."""
-    import dataclasses
-
-    first_r = parts[0][0]
-    rollouts = Rollouts(**{f.name: [x for p in parts for x in getattr(p[0], f.name)]
-                           for f in dataclasses.fields(Rollouts) if f.name != "timing"},
-                        timing={k: sum(p[0].timing.get(k, 0.0) for p in parts) for k in first_r.timing})
+    rollouts = Rollouts.concat([p[0] for p in parts])
     return rollouts, RewardScores.concat([p[1] for p in parts]), [row for p in parts for row in p[2]]
 
 

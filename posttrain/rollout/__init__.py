@@ -24,8 +24,8 @@ from posttrain.errors import ConfigError, DataError
 from posttrain.rollout.torch_engine import TorchEngine
 from posttrain.rollout.types import DecodeOptions, Rollouts, SamplingParams
 
-__all__ = ["DecodeOptions", "Rollouts", "SamplingParams", "TorchEngine", "encode_prompts", "generate",
-           "sync_weights"]
+__all__ = ["DecodeOptions", "Rollouts", "SamplingParams", "TorchEngine", "checked_prompt_ids",
+           "encode_prompts", "generate", "sync_weights"]
 
 _BACKENDS = ("torch", "vllm")
 # model -> {(backend, frozen options): engine}; entries vanish with the model.
@@ -68,6 +68,20 @@ def check_lengths(prompt_ids: list[list[int]], max_new_tokens: int, max_position
                 field="prompt")
 
 
+def checked_prompt_ids(model: nn.Module, tokenizer: Any, prompts: list[Any], n: int, sampling: SamplingParams,
+                       max_prompt_tokens: int | None) -> list[list[int]]:
+    """The token ids of ``prompts``, after the checks ``generate`` makes before sampling anything (n,
+    no prompts, each prompt's length); rollout workers are sent these ids."""
+    if n < 1:
+        raise ConfigError(f"n (samples per prompt) must be >= 1, got {n}")
+    if not prompts:
+        raise DataError("no prompts to generate from", field="prompts")
+    prompt_ids = encode_prompts(tokenizer, prompts)
+    max_positions = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    check_lengths(prompt_ids, sampling.max_new_tokens, max_positions, max_prompt_tokens)
+    return prompt_ids
+
+
 def _engine(model: nn.Module, tokenizer: Any, backend: str, options: dict[str, Any]) -> Any:
     # A torch engine is one weight copy per dtype; a vLLM engine is one server per setting.
     key = ("torch", options.get("dtype", "float32")) if backend == "torch" else (
@@ -106,13 +120,7 @@ def generate(model: nn.Module, tokenizer: Any, prompts: list[str | list[dict[str
     """
     if backend not in _BACKENDS:
         raise ConfigError(f"unknown rollout backend {backend!r}; choose one of {list(_BACKENDS)}")
-    if n < 1:
-        raise ConfigError(f"n (samples per prompt) must be >= 1, got {n}")
-    if not prompts:
-        raise DataError("no prompts to generate from", field="prompts")
-    prompt_ids = encode_prompts(tokenizer, prompts)
-    max_positions = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-    check_lengths(prompt_ids, sampling.max_new_tokens, max_positions, max_prompt_tokens)
+    prompt_ids = checked_prompt_ids(model, tokenizer, prompts, n, sampling, max_prompt_tokens)
     options = dict(engine_options or {})
     if backend == "torch":
         decode_options = _torch_options(options)

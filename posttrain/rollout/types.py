@@ -7,7 +7,7 @@ batch with ``Rollouts.to_batch``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -108,9 +108,24 @@ class Rollouts:
     """[N] the input prompt each sample belongs to."""
     timing: dict[str, float] = field(default_factory=dict)
     """prompt_tokens, completion_tokens, seconds, tokens_per_s (completion tokens per second)."""
+    weight_version: int = 0
+    """The version of the policy's weights the samples came from: 0 in one process; on rollout workers,
+    the count of weight pushes after the first (the trainer refuses a version that is not its own)."""
 
     def __len__(self) -> int:
         return len(self.completion_ids)
+
+    @classmethod
+    def concat(cls, parts: list[Rollouts]) -> Rollouts:
+        """The rows of ``parts`` one after the other (``prompt_index`` as each part has it), their timings
+        summed; the parts must come from one weight version."""
+        versions = sorted({part.weight_version for part in parts})
+        if len(versions) != 1:
+            raise ValueError(f"rollouts of weight versions {versions} cannot be one batch")
+        lists = {f.name: [x for part in parts for x in getattr(part, f.name)]
+                 for f in fields(cls) if f.name not in ("timing", "weight_version")}
+        timing = {key: sum(part.timing.get(key, 0.0) for part in parts) for key in parts[0].timing}
+        return cls(**lists, timing=timing, weight_version=versions[0])
 
     def to_batch(self, pad_id: int, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
         """Prompt + completion per row, right-padded to the longest row T.

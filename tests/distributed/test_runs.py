@@ -105,7 +105,8 @@ def test_one_process_run_imports_no_ray(tiny_model_dir: str, tmp_path: Path) -> 
      "cluster.trainers=2 with reward_workers=2: not implemented yet"),
     (["cluster.address=local", "cluster.trainers=2", "cluster.sharding=fsdp"],
      "cluster.sharding=fsdp: not implemented yet"),
-    (["cluster.address=local", "cluster.rollout_workers=2"], "cluster.rollout_workers: not implemented yet"),
+    (["cluster.address=local", "cluster.trainers=2", "cluster.rollout_workers=2"],
+     "cluster.trainers=2 with rollout_workers=2: not implemented yet"),
     (["cluster.reward_cpus=0"], "cluster.reward_cpus and reward_gpus are both 0"),
 ])
 def test_cluster_config_errors(overrides: list[str], message: str) -> None:

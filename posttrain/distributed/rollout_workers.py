@@ -1,0 +1,158 @@
+"""Rollout workers: Ray actors that each hold a rollout engine and a copy of the policy, and sample
+shares of a batch of prompts.
+
+``RolloutPool.generate`` has ``posttrain.rollout.generate``'s signature and result. The driver checks
+and tokenizes the prompts (errors name the prompt's index in the whole batch), cuts them into one
+contiguous share of whole prompts per worker (all n samples of a prompt on one worker), and the
+shares come back in prompt order. The seed is drawn here when the call has none, as the engine would
+draw it, and passed on: each sample's random stream depends only on the seed, its prompt's tokens and
+its sample index (``rollout/slots.py``), so the workers sample what one process samples wherever the
+slot engine runs. (Not the batch engine's samples, a LoRA policy's included: they depend on the
+split. Nor two equal prompts of one batch that land on different workers: both count as the first of
+their kind there; a step's prompts are distinct rows in practice.)
+
+Weights: each worker loads the policy from the run's model config, then holds the weights the driver
+pushed. The driver pushes when the policy's ``weights_signature`` has moved since its last push (after
+every optimizer step): the trainable tensors, ``ray.put`` once and read by every worker, under a new
+weight version (0 for the first push). Each sample call names the version it wants; a worker that
+holds another loads it first, and every ``Rollouts`` carries the version it was sampled with, which
+``check_on_policy`` compares with the policy's own. Frozen tensors (a LoRA's base) are never sent:
+they are the model config's on both sides.
+
+Faults: a worker that dies (SIGKILL, out of memory, a lost node) is restarted by Ray, loads the model
+from the config again and its share is sent again with the same version (``max_restarts`` /
+``max_task_retries``), so it reloads the current weights before sampling; after ``RESTARTS`` deaths
+the run stops with a ClusterError. ``max_staleness`` (sampling ahead of training) and its importance
+correction are not implemented: sampling waits for the weights of the step before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import ray
+import torch
+from torch import nn
+
+from posttrain.config import ClusterConfig, ModelConfig
+from posttrain.distributed import ClusterError
+from posttrain.distributed.cluster import (
+    RESTARTS,
+    Cluster,
+    Role,
+    pin_to_share_of_cores,
+    share_bounds,
+    started,
+)
+from posttrain.rollout import Rollouts, SamplingParams, checked_prompt_ids, generate
+from posttrain.rollout.weights import weights_signature
+
+
+@ray.remote
+class RolloutWorker:
+    """A copy of the policy and its rollout engines in its own process, on its share of its node's cores."""
+
+    def __init__(self, bundle_index: int, cpus: float, model_config: ModelConfig) -> None:
+        from posttrain.runner import load_policy
+
+        pin_to_share_of_cores(bundle_index, cpus)
+        self.model, self.tokenizer, _ = load_policy(model_config)
+        self.version = -1  # the model config's weights: none the driver pushed
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def generate(self, version: int, weights: list[Any], prompt_ids: list[list[int]], n: int,
+                 sampling: SamplingParams, backend: str, engine_options: dict[str, Any] | None) -> Rollouts:
+        """``n`` samples of each prompt with the weights of ``version`` (``weights[0]``: their object,
+        boxed so that a worker that holds them already does not fetch them)."""
+        if self.version != version:
+            load_weights(self.model, ray.get(weights[0]))
+            self.version = version
+        rollouts = generate(self.model, self.tokenizer, prompt_ids, n, sampling, backend=backend,
+                            engine_options=engine_options)
+        rollouts.weight_version = version
+        return rollouts
+
+
+def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy ``tensors`` (parameter name -> values) into ``model``'s parameters in place, so its engines
+    see new weights (their signature moves). A name the model lacks is a ClusterError."""
+    params = dict(model.named_parameters())
+    unknown = sorted(set(tensors) - set(params))
+    if unknown:
+        raise ClusterError(f"the rollout worker's policy has no parameter {unknown[0]!r} ({len(unknown)} of "
+                           "the pushed ones missing): it was loaded from the run's model config, which must "
+                           "build the same model as the trainer's")
+    with torch.no_grad():
+        for name, values in tensors.items():
+            params[name].copy_(values)
+
+
+class RolloutPool:
+    """``cluster.rollout_workers`` rollout workers placed on the run's cluster, and the weight version
+    they were last sent."""
+
+    def __init__(self, cluster: Cluster, config: ClusterConfig, model_config: ModelConfig) -> None:
+        role = Role("rollout", config.rollout_workers, config.rollout_cpus, config.rollout_gpus)
+        options = cluster.place(role)
+        self.workers = [RolloutWorker.options(**option, max_restarts=RESTARTS, max_task_retries=RESTARTS)
+                        .remote(index, role.cpus, model_config) for index, option in enumerate(options)]
+        self.pids = started(self.workers, "rollout", cluster.address)
+        self.version = -1
+        self._signature: tuple[int, int] | None = None
+        self._weights: Any = None  # the object of the last push
+
+    def version_of(self, model: nn.Module) -> int:
+        """The weight version of ``model``'s current weights: the last push's, or the next one when the
+        weights moved since."""
+        return self.version if weights_signature(model) == self._signature else self.version + 1
+
+    def push(self, model: nn.Module) -> None:
+        """Put ``model``'s trainable tensors in the object store under a new version, if they moved."""
+        signature = weights_signature(model)
+        if signature != self._signature:
+            trainable = {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
+            self._weights, self._signature = ray.put(trainable), signature
+            self.version += 1
+
+    def generate(self, model: nn.Module, tokenizer: Any, prompts: list[Any], n: int, sampling: SamplingParams,
+                 *, backend: str = "torch", max_prompt_tokens: int | None = None,
+                 engine_options: dict[str, Any] | None = None) -> Rollouts:
+        """``posttrain.rollout.generate(...)``, the prompts shared out over the workers (see the module
+        docstring); ``Rollouts.weight_version`` is the version pushed for ``model``'s weights."""
+        start = time.perf_counter()
+        prompt_ids = checked_prompt_ids(model, tokenizer, prompts, n, sampling, max_prompt_tokens)
+        if sampling.seed is None:  # drawn as the engine draws it, so one process's global RNG moves alike
+            sampling = dataclasses.replace(sampling, seed=int(torch.randint(2**62, (1,)).item()))
+        self.push(model)
+        shares = share_bounds(len(prompt_ids), len(self.workers))
+        pending = [worker.generate.remote(self.version, [self._weights], prompt_ids[first:stop], n, sampling,
+                                          backend, engine_options)
+                   for worker, (first, stop) in zip(self.workers, shares)]
+        parts = [self._result(ref, index, first, stop)
+                 for index, (ref, (first, stop)) in enumerate(zip(pending, shares))]
+        for part, (first, _) in zip(parts, shares):  # each worker counts its prompts from 0
+            part.prompt_index = [first + index for index in part.prompt_index]
+        rollouts = Rollouts.concat(parts)
+        seconds = time.perf_counter() - start
+        tokens = rollouts.timing.get("completion_tokens", 0.0)
+        rollouts.timing.update(seconds=seconds, tokens_per_s=tokens / seconds if seconds > 0 else 0.0)
+        return rollouts
+
+    def _result(self, ref: Any, worker: int, first: int, stop: int) -> Rollouts:
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as error:
+            cause = error.cause
+            raise (cause if isinstance(cause, Exception) else error) from None
+        except ray.exceptions.RayActorError as error:
+            raise ClusterError(
+                f"rollout worker {worker} died {RESTARTS + 1} times while sampling prompts {first}-{stop - 1}"
+                " "
+                f"(restarted {RESTARTS} times, the share sent again each time); the last death: {error}. "
+                "A worker whose policy and engine exhaust its memory does this: lower engine_options.slots "
+                "or kv_budget_mb, or give it a larger node") from None
