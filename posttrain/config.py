@@ -151,6 +151,60 @@ class RunConfig:
     """Also write TensorBoard event files."""
     progress: bool = True
     """Show a progress bar (a plain log line every few steps when not on a terminal)."""
+    stop_on: list[str] = field(default_factory=list)
+    """Run-health alarms that stop the run when they fire, checkpoint kept (RL recipes: grpo, ppo,
+    best-of-n): no_signal, reward_hacking, entropy_collapse, length, kl_runaway, nonfinite, or all."""
+
+    def check(self) -> list[str]:
+        return [f"stop_on: unknown alarm {name!r}; choose from {', '.join(ALARMS)} or all"
+                for name in self.stop_on if name not in (*ALARMS, "all")]
+
+
+ALARMS = ("no_signal", "reward_hacking", "entropy_collapse", "length", "kl_runaway", "nonfinite")
+
+
+@dataclass
+class HealthConfig:
+    """Thresholds of the run-health alarms (posttrain.health), checked after every RL step."""
+
+    off: list[str] = field(default_factory=list)
+    """Alarms not checked (names as in run.stop_on)."""
+    steps: int = 3
+    """Steps in a row a condition must hold before no_signal, entropy_collapse, length or kl_runaway fire."""
+    no_signal_frac: float = 0.9
+    """no_signal: share of prompt groups whose rewards are all equal (rollout/frac_zero_std_groups)."""
+    guard: str = "eval/accuracy"
+    """reward_hacking: the held-out measure, a share in [0, 1] (eval/accuracy: the task's check() on
+    held-out prompts; or e.g. rollout/reward/task_correct, a reward function given weight 0)."""
+    guard_z: float = 2.0
+    """reward_hacking: standard errors by which the guard must fall (binomial, from its first value)
+    and the training reward must rise (first steps vs the latest ones)."""
+    reward_window: int = 5
+    """reward_hacking: steps averaged at each end of the training reward's rise."""
+    entropy_ratio: float = 0.1
+    """entropy_collapse: policy/entropy below this fraction of its mean over the first 3 steps."""
+    length_growth: float = 4.0
+    """length: mean completion length above this multiple of its mean over the first 3 steps."""
+    truncation_frac: float = 0.5
+    """length: share of samples cut at max_new_tokens (rollout/clipped_ratio) at or above this."""
+    kl_max: float = 1.0
+    """kl_runaway: KL to the reference per token, nats (GRPO's policy/kl, PPO's policy/kl_per_token)."""
+    nonfinite_steps: int = 2
+    """nonfinite: steps in a row with an optimizer step skipped for a non-finite loss or gradient."""
+
+    def check(self) -> list[str]:
+        problems = [f"off: unknown alarm {name!r}; choose from {', '.join(ALARMS)}"
+                    for name in self.off if name not in ALARMS]
+        for key in ("nonfinite_steps", "reward_window"):  # `steps` is checked by name like every steps
+            if getattr(self, key) < 1:
+                problems.append(f"'{key}' must be >= 1; got {getattr(self, key)}")
+        for key in ("no_signal_frac", "entropy_ratio", "truncation_frac"):
+            if not 0 < getattr(self, key) <= 1:
+                problems.append(f"'{key}' must be in (0, 1]; got {getattr(self, key)}")
+        for key in ("guard_z", "length_growth", "kl_max"):
+            if getattr(self, key) <= 0:
+                problems.append(f"'{key}' must be > 0; got {getattr(self, key)}")
+        return problems
 
 
 @dataclass
@@ -404,6 +458,10 @@ def validate(config: Any, path: str = "") -> list[str]:
     check = getattr(config, "check", None)
     if callable(check):
         problems.extend(f"{path}{p}" if path else p for p in check())
+    run = getattr(config, "run", None)
+    if not path and isinstance(run, RunConfig) and run.stop_on and not hasattr(config, "health"):
+        problems.append("run.stop_on: this command has no run-health alarms (grpo, ppo and best-of-n have); "
+                        "drop run.stop_on")
     return problems
 
 
@@ -413,6 +471,6 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 __all__ = [
-    "DataConfig", "ModelConfig", "OptimConfig", "RunConfig", "SamplingConfig", "field_docs", "help_text",
-    "load_config", "read_yaml", "to_dict", "validate",
+    "ALARMS", "DataConfig", "HealthConfig", "ModelConfig", "OptimConfig", "RunConfig", "SamplingConfig",
+    "field_docs", "help_text", "load_config", "read_yaml", "to_dict", "validate",
 ]

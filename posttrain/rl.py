@@ -2,8 +2,8 @@
 
 - ``sample_and_score``: sample n completions of prompt rows with the rollout engine and score them
   with the weighted reward functions;
-- ``training_batch`` and ``rollout_metrics``: the padded batch of a rollout, which rows were cut at
-  max_new_tokens, and the rollout/ metrics every recipe logs;
+- ``training_batch``, ``rollout_metrics`` and ``group_metrics``: the padded batch of a rollout, which
+  rows were cut at max_new_tokens, and the rollout/ metrics every recipe logs;
 - ``reference_policy``: the frozen starting policy of a KL penalty (none when β = 0);
 - ``update_passes``: μ passes over a rollout batch in mini-batches, one guarded optimizer step each;
 - ``held_out_rewards``: the rewards of a policy's greedy responses to held-out prompts;
@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from posttrain.advantages import zero_std_groups
 from posttrain.config import DataConfig, ModelConfig, SamplingConfig
 from posttrain.data.chat import prompt_messages
 from posttrain.data.sources import reward_columns
@@ -74,9 +75,11 @@ def training_batch(rollouts: Rollouts, pad_id: int,
 
 def rollout_metrics(rollouts: Rollouts, scores: RewardScores) -> dict[str, float]:
     """rollout/reward (its std and each function's mean), completion length, the fraction cut at
-    max_new_tokens, the engine's completion tokens per second, and ``rollout/<name>`` for each
-    metric the reward functions logged (the mean of the values given to ``log_metric``)."""
+    max_new_tokens, the number of samples, the engine's completion tokens per second, and
+    ``rollout/<name>`` for each metric the reward functions logged (the mean of the values given to
+    ``log_metric``)."""
     metrics = reward_metrics(scores)
+    metrics["rollout/samples"] = float(len(rollouts))
     metrics["rollout/completion_len"] = sum(map(len, rollouts.completion_ids)) / len(rollouts)
     metrics["rollout/clipped_ratio"] = sum(r == "length" for r in rollouts.finish_reasons) / len(rollouts)
     metrics["rollout/tokens_per_s"] = rollouts.timing.get("tokens_per_s", 0.0)
@@ -94,6 +97,21 @@ def logged_metrics(scores: RewardScores, prefix: str, taken: dict[str, float]) -
         raise RewardError(f"a reward function logged {', '.join(clashes)} with log_metric, a metric "
                           "posttrain logs itself; choose another name")
     return out
+
+
+def group_metrics(scores: RewardScores, group_size: int) -> dict[str, float]:
+    """rollout/frac_zero_std_groups: the share of prompt groups (``group_size`` consecutive samples; with
+    one sample per prompt, the whole batch) whose rewards are all equal, so a group-relative advantage
+    is 0; and rollout/zero_std_reward (and /<function>): the mean reward of those groups' samples (NaN
+    when there are none), which tells whether they were all 0 or all 1."""
+    size = group_size if group_size > 1 else len(scores.total)
+    equal_P = zero_std_groups(scores.total, size)
+    equal_N = equal_P.repeat_interleave(size)
+    per_fn = {name: values[equal_N] for name, values in scores.per_fn.items()}
+    equal = RewardScores(total=scores.total[equal_N], per_fn=per_fn)
+    metrics = reward_metrics(equal, prefix="rollout/zero_std_reward")
+    metrics.pop("rollout/zero_std_reward_std")
+    return {"rollout/frac_zero_std_groups": float(equal_P.float().mean()), **metrics}
 
 
 def reference_policy(model_config: ModelConfig, policy: nn.Module, beta: float, mode: str,

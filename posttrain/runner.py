@@ -20,6 +20,7 @@ from torch import nn
 from posttrain.checkpoint import Checkpointer, find_resume_checkpoint
 from posttrain.config import ModelConfig, RunConfig, to_dict
 from posttrain.errors import RewardError
+from posttrain.health import HealthMonitor
 from posttrain.models import (
     add_lora,
     count_parameters,
@@ -65,6 +66,8 @@ class Run:
     config: Any
     start_step: int = 0
     state: dict[str, Any] = field(default_factory=dict)
+    health: HealthMonitor | None = None
+    """The run-health alarms of a config with a ``health`` section (the RL recipes)."""
 
     def save(self, step: int, model: nn.Module, optimizer: Any, scheduler: Any, state: dict[str, Any],
              *, force: bool = False) -> None:
@@ -77,8 +80,24 @@ class Run:
                plot_keys: list[str] | None = None) -> Path:
         """Write final/ (an HF folder), the plots and summary.md; return the run directory."""
         save_hf(model, tokenizer, self.dir / "final")
-        self.tracker.close(summary=summary, plot_keys=plot_keys)
+        sections = [self.health.markdown()] if self.health is not None else []
+        self.tracker.close(summary=summary, plot_keys=plot_keys, sections=sections)
         return self.dir
+
+    def check_health(self, step: int) -> bool:
+        """Check the run-health alarms on everything logged so far: log ``health/`` metrics, print one
+        line per alarm that starts firing; True when one that ``run.stop_on`` names is firing."""
+        if self.health is None:
+            return False
+        metrics, started = self.health.update()
+        self.tracker.log(step, metrics, show=False)  # the step printed its progress line already
+        for alarm in started:
+            print(alarm.line(), flush=True)
+        stopping = self.health.stop_reasons()
+        if stopping:
+            print(f"[health] stopping after step {step}: run.stop_on names "
+                  f"{', '.join(a.name for a in stopping)}; the checkpoint of step {step} is kept", flush=True)
+        return bool(stopping)
 
 
 def start_run(config: Any, recipe: str, model: nn.Module, optimizer: Any, scheduler: Any,
@@ -96,11 +115,13 @@ def start_run(config: Any, recipe: str, model: nn.Module, optimizer: Any, schedu
     tracker = Tracker(run_dir, total_steps=total_steps or run_config.steps, config=config_dict,
                       resume_step=start_step, tensorboard=run_config.tensorboard,
                       progress=run_config.progress, desc=recipe)
+    health = getattr(config, "health", None)  # the RL recipes' alarms
+    monitor = None if health is None else HealthMonitor(health, run_config.stop_on, run_dir / "metrics.jsonl")
     trainable, total = count_parameters(model)
     print(f"[{recipe}] run dir {run_dir}; {trainable / 1e6:.1f}M of {total / 1e6:.1f}M parameters trainable"
           + (f"; resuming after step {start_step}" if start_step else ""))
     return Run(dir=run_dir, tracker=tracker, checkpointer=checkpointer, config=config,
-               start_step=start_step, state=state)
+               start_step=start_step, state=state, health=monitor)
 
 
 def replace(config: Any, **changes: Any) -> Any:
@@ -199,14 +220,21 @@ class Setup:
     eval_rows: list[dict[str, Any]]
     evaluate: Any
     eval_before: dict[str, float]
+    stopped_at: int | None = None
+    """The step after which a run-health alarm named in ``run.stop_on`` stopped the run."""
+    evaluated: tuple[int, dict[str, float]] | None = None
 
-    def end_of_step(self, step: int, state: dict[str, Any]) -> None:
-        """Held-out evaluation every ``run.eval_every`` steps; checkpoint every ``run.save_every``."""
+    def end_of_step(self, step: int, state: dict[str, Any]) -> bool:
+        """Held-out evaluation every ``run.eval_every`` steps, the run-health alarms, a checkpoint every
+        ``run.save_every`` steps (and when an alarm stops the run: True)."""
         config = self.run.config
         if config.run.eval_every and step % config.run.eval_every == 0 and step < config.run.steps:
-            self.evaluate(step)
+            self.evaluated = (step, self.evaluate(step))
+        stop = self.run.check_health(step)
         self.run.save(step, self.model, self.optimizer, self.scheduler,
-                      {**state, "eval_before": self.eval_before}, force=step == config.run.steps)
+                      {**state, "eval_before": self.eval_before}, force=step == config.run.steps or stop)
+        self.stopped_at = step if stop else None
+        return stop
 
     def also_evaluate(self, extra: Callable[[int], dict[str, float]]) -> None:
         """Run ``extra(step)`` (which logs its own metrics) with every held-out evaluation from now on,
@@ -218,8 +246,12 @@ class Setup:
 
     def finish(self, recipe: str, plot_keys: list[str]) -> Path:
         """Final evaluation, summary, export and plots (eval/ curves only when there were held-out rows)."""
-        after = self.evaluate(self.run.config.run.steps)
+        last = self.stopped_at or self.run.config.run.steps
+        after = self.evaluated[1] if self.evaluated and self.evaluated[0] == last else self.evaluate(last)
+        self.run.check_health(last)  # the final evaluation may show a fall of the guard
         summary = eval_summary(recipe, self.eval_before, after)
+        if self.stopped_at is not None:
+            summary["stopped_after_step"] = self.stopped_at
         if not self.eval_rows:
             plot_keys = [key for key in plot_keys if not key.startswith("eval/")]
         return self.run.finish(self.model, self.tokenizer, summary=summary, plot_keys=plot_keys)

@@ -274,8 +274,8 @@ class Tracker:
             key = f"time/{name}_s"
             self._pending_times[key] = self._pending_times.get(key, 0.0) + time.perf_counter() - start
 
-    def log(self, step: int, metrics: dict[str, Any]) -> None:
-        """Append one row to metrics.jsonl (plus TensorBoard and the progress display)."""
+    def log(self, step: int, metrics: dict[str, Any], show: bool = True) -> None:
+        """Append one row to metrics.jsonl (plus TensorBoard and, with ``show``, the progress display)."""
         for key in _RESERVED:
             if key in metrics:
                 raise ValueError(f"metric name {key!r} is reserved; use e.g. 'train/{key}'")
@@ -289,7 +289,8 @@ class Tracker:
             for key, value in values.items():
                 if value is not None:
                     self._tensorboard.add_scalar(key, value, step)
-        self._show_progress(step, values)
+        if show:
+            self._show_progress(step, values)
 
     def log_samples(self, step: int, rows: list[dict[str, Any]]) -> None:
         """Append one line per sample to samples.jsonl, each with its ``step``."""
@@ -317,8 +318,10 @@ class Tracker:
             print(" | ".join(parts), flush=True)
         self._last_step = step
 
-    def close(self, summary: dict[str, Any] | None = None, plot_keys: list[str] | None = None) -> None:
-        """Close the files, then write plots/*.png and summary.md (both atomically). Idempotent."""
+    def close(self, summary: dict[str, Any] | None = None, plot_keys: list[str] | None = None,
+              sections: list[str] | None = None) -> None:
+        """Close the files, then write plots/*.png and summary.md (both atomically; ``sections``: markdown
+        appended to summary.md, e.g. the run-health alarms). Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -331,6 +334,7 @@ class Tracker:
         rows = read_metrics(self.run_dir)
         write_plots(self.run_dir, rows, plot_keys)
         text = summary_markdown(self.run_dir.name, rows, summary, self.total_steps)
+        text += "".join(f"\n{section}" for section in sections or [])
         _write_atomic(self.run_dir / "summary.md", lambda f: f.write(text))
 
     def __enter__(self) -> Tracker:

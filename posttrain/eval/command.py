@@ -31,6 +31,10 @@ Writes ``<output_dir>/<name>/``: ``problems.jsonl`` (per problem: each completio
 for code, the sandbox status and the isolation layers in force), ``summary.json`` and
 ``summary.md`` (the table that is also printed).
 
+``--judge JUDGE --baseline MODEL`` (or ``judge=... baseline=...``): the model's greedy answers against
+the baseline's, judged pairwise by a Python function or a reward model, with win / tie / loss, the win
+rate and its Wilson interval, and both models' accuracy (see ``posttrain.eval.judge``).
+
 ``--compare DIR [DIR ...]``: evaluation outputs (summary.json) and training run directories (their
 first and last held-out evaluation in metrics.jsonl, i.e. before and after training; a run's greedy
 ``eval/accuracy`` is shown as pass@1) side by side: a printed table, ``compare.md``,
@@ -55,7 +59,7 @@ from posttrain.config import DataConfig, SamplingConfig, load_config, read_yaml,
 from posttrain.data.chat import prompt_messages
 from posttrain.data.formats import SUFFIXES, load_rows, write_jsonl
 from posttrain.data.tasks import TASKS, get_task
-from posttrain.errors import CheckpointError, DataError
+from posttrain.errors import CheckpointError, ConfigError, DataError
 from posttrain.eval import humaneval
 from posttrain.eval.compare import cell, compare
 from posttrain.eval.metrics import exact_match, majority_vote, pass_at_k
@@ -123,6 +127,11 @@ class Config:
     """Output folder name (default: <benchmark>-<model>-<date>-<time>)."""
     overwrite: bool = False
     """Replace an existing output folder of the same name."""
+    judge: str = ""
+    """Judge of a pairwise comparison with `baseline`: path/file.py:function (fn(prompt, answer_a,
+    answer_b) -> "a", "b" or "tie") or reward_model:PATH (the higher score wins); see posttrain.eval.judge."""
+    baseline: str = ""
+    """The model the evaluated one is compared with by `judge` (any model source, as `model`)."""
 
     def pass_ks(self) -> list[int]:
         return sorted(set(self.k)) if self.k else sorted({1, self.n})
@@ -149,7 +158,23 @@ class Config:
             problems.append(f"'code_timeout_s' must be > 0; got {self.code_timeout_s}")
         if self.problems < 0:
             problems.append(f"'problems' must be >= 0 (0: all); got {self.problems}")
-        return problems
+        return problems + _judge_problems(self)
+
+
+def _judge_problems(config: Config) -> list[str]:
+    """A judged comparison needs both a judge and a baseline, and compares one greedy answer each."""
+    from posttrain.eval.judge import spec_problems
+
+    if not config.judge and not config.baseline:
+        return []
+    if not (config.judge and config.baseline):
+        missing = "baseline (the model to compare with)" if config.judge else "judge (file.py:function or " \
+            "reward_model:PATH)"
+        return [f"a judged comparison needs both judge and baseline; give {missing}"]
+    problems = spec_problems(config.judge)
+    if config.n != 1 or config.maj:
+        problems.append("a judged comparison compares one greedy answer per model: drop n and maj")
+    return problems
 
 
 def _choice_problems(config: Config) -> list[str]:
@@ -405,14 +430,19 @@ def aggregate(per_problem: list[dict[str, Any]], samples: list[list[dict[str, An
 
 
 def run(config: Config) -> Path:
-    """Evaluate ``config.model`` on ``config.benchmark``; return the output folder."""
+    """Evaluate ``config.model`` on ``config.benchmark`` (against ``config.baseline`` when a judge is
+    given); return the output folder."""
+    if config.judge:
+        from posttrain.eval import judge as judged
+
+        return judged.run(config)
     started = time.perf_counter()
     run_yaml = Path(config.model) / "config.yaml"
     if is_run_dir(Path(config.model)) and run_yaml.is_file():
         config = adopt_run_data(config, read_yaml(run_yaml))
     items = load_benchmark(config)
-    out_dir = make_run_dir(config.output_dir, config.name or None, f"{_tag(config.benchmark)}-"
-                           f"{_tag(config.model)}", resume=False, overwrite=config.overwrite)
+    out_dir = make_run_dir(config.output_dir, config.name or None, f"{name_tag(config.benchmark)}-"
+                           f"{name_tag(config.model)}", resume=False, overwrite=config.overwrite)
     if any(item["kind"] == "code" for item in items):
         from posttrain.sandbox import require_isolation
 
@@ -451,7 +481,7 @@ def _majs(item: dict[str, Any], config: Config) -> list[int]:
     return [] if item["kind"] == "code" else config.maj
 
 
-def _tag(source: str) -> str:
+def name_tag(source: str) -> str:
     name = Path(source.rstrip("/")).stem or source
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:60]
 
@@ -494,10 +524,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The CLI flags of this command beyond the config (see posttrain.cli)."""
     parser.add_argument("--compare", nargs="+", metavar="DIR",
                         help="evaluation outputs or training run directories to set side by side")
+    parser.add_argument("--judge", metavar="JUDGE",
+                        help="file.py:function or reward_model:PATH: judge the model against --baseline")
+    parser.add_argument("--baseline", metavar="MODEL", help="the model compared with by --judge")
 
 
 def run_arguments(args: argparse.Namespace, config: Config) -> Path | None:
-    """``--compare`` replaces the evaluation; None lets the CLI run the evaluation itself."""
+    """``--compare`` replaces the evaluation; None lets the CLI run the evaluation itself. ``--judge`` and
+    ``--baseline`` set the config keys of the same names (checked again with them)."""
+    if args.judge or args.baseline:
+        judged = dataclasses.replace(config, judge=args.judge or config.judge,
+                                     baseline=args.baseline or config.baseline)
+        problems = judged.check()
+        if problems:
+            raise ConfigError(problems)
+        return run(judged)
     if not args.compare:
         return None
     return compare(args.compare, output_dir=config.output_dir, name=config.name, overwrite=config.overwrite)

@@ -1,4 +1,4 @@
-"""Evaluation metrics, pure: pass@k, exact match, majority vote (maj@k).
+"""Evaluation metrics, pure: pass@k, exact match, majority vote (maj@k), win rate with a Wilson interval.
 
 Only `math` (and the standard typing helpers) are imported, so the metrics can be tested and
 reused anywhere. Answer comparison follows `posttrain.rewards.answers` (which needs `re`, so it
@@ -145,3 +145,31 @@ def maj_at_k(answers: list[str | None], gold: str, k: int) -> bool:
         raise ValueError(f"maj@{k} needs 1 <= k <= number of answers ({len(answers)})")
     winner = majority_vote(answers[:k])
     return winner is not None and exact_match([winner], [gold])[0]
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion p = successes / n (Wilson 1927):
+    (p + z²/2n ± z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n); z = 1.96 gives 95%. Unlike p ± z·se it
+    stays inside [0, 1] and is not empty at p = 0 or 1. ``successes`` may be fractional (ties counted
+    half). Raises ValueError when n < 1 or successes is outside [0, n]."""
+    if n < 1 or not 0 <= successes <= n:
+        raise ValueError(f"wilson_interval needs n >= 1 and 0 <= successes <= n, got {successes} of {n}")
+    p, z2 = successes / n, z * z
+    centre = p + z2 / (2 * n)
+    margin = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, (centre - margin) / (1 + z2 / n)), min(1.0, (centre + margin) / (1 + z2 / n))
+
+
+def win_rate(wins: int, ties: int, losses: int, z: float = 1.96) -> dict[str, float]:
+    """Pairwise comparisons against a baseline: win_rate = (wins + ties / 2) / comparisons (a tie is
+    half a win, as in InstructGPT's and AlpacaEval's win rates), and win_rate_low / win_rate_high, the
+    Wilson interval of that share over all comparisons. Treating each comparison as a Bernoulli is
+    conservative with ties: an outcome in {0, 1/2, 1} has at most the variance of a Bernoulli of the
+    same mean. Raises ValueError without comparisons or with a negative count."""
+    if min(wins, ties, losses) < 0 or wins + ties + losses == 0:
+        raise ValueError(f"win_rate needs non-negative counts and one comparison at least, got wins={wins}, "
+                         f"ties={ties}, losses={losses}")
+    n = wins + ties + losses
+    low, high = wilson_interval(wins + ties / 2, n, z)
+    return {"win_rate": (wins + ties / 2) / n, "win_rate_low": low, "win_rate_high": high,
+            "wins": float(wins), "ties": float(ties), "losses": float(losses)}

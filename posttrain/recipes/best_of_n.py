@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from posttrain.config import DataConfig, ModelConfig, OptimConfig, RunConfig, SamplingConfig
+from posttrain.config import DataConfig, HealthConfig, ModelConfig, OptimConfig, RunConfig, SamplingConfig
 from posttrain.data.chat import prompt_messages
 from posttrain.data.formats import write_jsonl
 from posttrain.data.sources import DataOrder, load_split, resolve_task
@@ -47,7 +47,7 @@ from posttrain.models import load_model, load_tokenizer, resolve_device
 from posttrain.recipes import sft
 from posttrain.rewards.base import TrainerState
 from posttrain.rewards.setup import build_reward_fns
-from posttrain.rl import held_out_rewards, rollout_metrics, sample_and_score
+from posttrain.rl import group_metrics, held_out_rewards, rollout_metrics, sample_and_score
 from posttrain.runner import Run, eval_summary, evaluate_and_log, seed_everything, start_run
 from posttrain.tracking import read_metrics
 
@@ -64,6 +64,8 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=96))
     """Sampling of the N responses (and max_new_tokens of the greedy held-out evaluation)."""
+    health: HealthConfig = field(default_factory=HealthConfig)
+    """Run-health alarms, checked after each round (x = round)."""
     n: int = 8
     """N: responses sampled per prompt."""
     prompts_per_round: int = 64
@@ -160,7 +162,7 @@ def sample_round(config: Config, model: nn.Module, tokenizer: Any, rows: list[di
                                         config.data.system_prompt or None))
     best_P = rewards_PN.nan_to_num(nan=-math.inf).amax(-1)
     has_reward_P = torch.isfinite(best_P)
-    metrics = rollout_metrics(rollouts, scores)
+    metrics = {**rollout_metrics(rollouts, scores), **group_metrics(scores, n)}
     metrics.update({
         "rollout/best_reward": float(best_P[has_reward_P].mean()) if has_reward_P.any() else math.nan,
         "rollout/kept_fraction": sum(map(bool, kept)) / len(kept),
@@ -254,6 +256,8 @@ def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]]
             print(f"[best-of-n] round {round_}: no response kept, so no SFT; the model stays as it was")
         run.tracker.log(round_, metrics)
         after = evaluate(config, run, model, tokenizer, eval_rows, task, scored, round_)
+        if run.check_health(round_):  # its SFT model is round-<r>/sft/final
+            break
     keys = ["rollout/best_reward", "rollout/reward", "rollout/kept_fraction"]
     keys += ["sft/loss_last"] if model_name != config.model.name else []  # some round fine-tuned
     keys += [key for key, on in (("eval/accuracy", task), ("eval/reward", scored)) if on and eval_rows]

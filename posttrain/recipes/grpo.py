@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from posttrain.advantages import group_advantages, zero_std_groups
-from posttrain.config import DataConfig, ModelConfig, OptimConfig, RunConfig, SamplingConfig
+from posttrain.config import DataConfig, HealthConfig, ModelConfig, OptimConfig, RunConfig, SamplingConfig
 from posttrain.data.sources import DataOrder, resolve_task
 from posttrain.logprobs import shared_prompt_logprobs, token_logprobs
 from posttrain.losses import policy_loss
@@ -36,6 +36,7 @@ from posttrain.rewards.base import RewardScores, TrainerState
 from posttrain.rewards.setup import build_reward_fns
 from posttrain.rl import (
     config_problems,
+    group_metrics,
     reference_policy,
     rollout_metrics,
     sample_and_score,
@@ -55,6 +56,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     prompts_per_step: int = 4
     """P: prompts per step."""
     samples_per_prompt: int = 8
@@ -220,13 +222,12 @@ def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]]
         metrics = {k if k.startswith("train/") else f"policy/{k}": v for k, v in update.items()}
         metrics["train/loss"] = metrics.pop("policy/loss", 0.0)
         metrics.update(rollout_metrics(rollouts, scores))
-        metrics.update({
-            "rollout/frac_zero_std_groups": float(zero_std_groups(scores.total, G).float().mean()),
-            "time/rollout_s": rollout_s, "time/update_s": time.perf_counter() - started - rollout_s,
-        })
+        metrics.update({**group_metrics(scores, G), "time/rollout_s": rollout_s,
+                        "time/update_s": time.perf_counter() - started - rollout_s})
         s.run.tracker.log(step, metrics)
         log_rollout_samples(s.run, step, rollouts, scores, sample_rows, advantages_N)
-        s.end_of_step(step, {"rows_used": order.used})
+        if s.end_of_step(step, {"rows_used": order.used}):
+            break
     kl = ["policy/kl"] if config.beta > 0 else []
     return s.finish("grpo", plot_keys=["rollout/reward", "eval/accuracy", "eval/format", *kl,
                                        "rollout/completion_len", "train/loss"])

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from posttrain.advantages import AdaptiveKLController, gae, kl_shaped_rewards, whiten
-from posttrain.config import DataConfig, ModelConfig, OptimConfig, RunConfig, SamplingConfig
+from posttrain.config import DataConfig, HealthConfig, ModelConfig, OptimConfig, RunConfig, SamplingConfig
 from posttrain.critic import CRITICS, ActorCritic, load_actor_critic
 from posttrain.data.sources import DataOrder, load_split, resolve_task
 from posttrain.logprobs import token_logprobs
@@ -45,6 +45,7 @@ from posttrain.rewards.base import TrainerState
 from posttrain.rewards.setup import build_reward_fns
 from posttrain.rl import (
     config_problems,
+    group_metrics,
     held_out_rewards,
     reference_policy,
     rollout_metrics,
@@ -68,6 +69,7 @@ class Config:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-6))
     run: RunConfig = field(default_factory=RunConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     prompts_per_step: int = 16
     """P: prompts per step."""
     samples_per_prompt: int = 1
@@ -170,7 +172,9 @@ def ppo_targets(config: Config, ac: ActorCritic, reference: ReferencePolicy | No
     metrics = {"value/explained_variance": before["explained_variance"],
                "value/mean": float((values_NT * mask_NT).sum() / mask_NT.sum().clamp(min=1))}
     if reference is not None:
+        tokens = mask_NT.sum()
         metrics.update({"policy/kl": _mean(kl_N, valid_N), "policy/beta": beta,
+                        "policy/kl_per_token": float(kl_N[valid_N].sum() / tokens) if tokens > 0 else 0.0,
                         "rollout/rlhf_reward": _mean(score_N - beta * kl_N, valid_N)})
     targets = {"old_logprobs": old_NT, "old_values": values_NT, "returns": returns_NT, "mask": mask_NT,
                "advantages": whiten(advantages_NT, mask_NT)}
@@ -281,14 +285,15 @@ def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]]
         metrics.update(ppo_update(config, ac, s.stepper, batch, targets))
         if kl_control is not None:
             kl_control.update(metrics["policy/kl"], n_steps=len(rollouts))
-        metrics.update(rollout_metrics(rollouts, scores))
+        metrics.update({**rollout_metrics(rollouts, scores), **group_metrics(scores, G)})
         s.run.tracker.log(step, {**metrics, "time/rollout_s": rollout_s,
                                  "time/update_s": time.perf_counter() - started - rollout_s})
         mask_NT = targets["mask"]  # each sample's mean advantage over its tokens
         log_rollout_samples(s.run, step, rollouts, scores, sample_rows,
                             (targets["advantages"] * mask_NT).sum(-1) / mask_NT.sum(-1).clamp(min=1))
         kl_state = {"kl_controller": kl_control.state_dict()} if kl_control is not None else {}
-        s.end_of_step(step, {"rows_used": order.used, **kl_state})
+        if s.end_of_step(step, {"rows_used": order.used, **kl_state}):
+            break
     s.model = ac.policy  # final/ is the policy alone, an HF folder; the critic lives in the checkpoints
     kl = ["policy/kl"] if reference is not None else []
     task = ["eval/accuracy"] if s.task is not None else []

@@ -121,3 +121,28 @@ def test_same_rules_as_reward_answers(text: str) -> None:
     """metrics cannot import posttrain.rewards.answers (pure module); both must agree."""
     assert to_number(text) == parse_number(text)
     assert normalize(text) == normalize_answer(text)
+
+
+def test_wilson_interval_by_hand() -> None:
+    from posttrain.eval.metrics import wilson_interval
+
+    # 8 of 10, z = 1.96: centre 0.8 + 3.8416/20 = 0.99208, margin 1.96·sqrt(0.016 + 0.009604) = 0.313624,
+    # divided by 1 + 0.38416
+    low, high = wilson_interval(8, 10)
+    assert low == pytest.approx(0.678456 / 1.38416, abs=1e-6)
+    assert high == pytest.approx(1.305704 / 1.38416, abs=1e-6)
+    low, high = wilson_interval(0, 5)  # p = 0: not the empty interval p ± z·se would give
+    assert low == 0.0 and high == pytest.approx(3.8416 / 5 / (1 + 3.8416 / 5), abs=1e-9)
+    with pytest.raises(ValueError, match="0 <= successes <= n"):
+        wilson_interval(3, 2)
+
+
+def test_win_rate_counts_ties_half() -> None:
+    from posttrain.eval.metrics import wilson_interval, win_rate
+
+    result = win_rate(6, 4, 0)  # (6 + 2) / 10
+    assert result["win_rate"] == 0.8
+    assert (result["win_rate_low"], result["win_rate_high"]) == wilson_interval(8, 10)
+    assert (result["wins"], result["ties"], result["losses"]) == (6.0, 4.0, 0.0)
+    with pytest.raises(ValueError, match="one comparison at least"):
+        win_rate(0, 0, 0)
