@@ -1,0 +1,70 @@
+"""A labeller's preference, scripted: the reply that does what "Reply with only the answer." asked.
+
+The instructions task (posttrain/data/tasks/instructions.py) ends every prompt with "Reply with only
+the answer."; the embedded model mostly answers in a sentence that restates the question ('The first
+word of the sentence "able sand school" is "able".'). People who ask for only the answer hold this
+preference for a reason: they paste the reply somewhere or read it at a glance, and a reply that
+ignores an explicit constraint is worse even when the answer inside it is right. InstructGPT's
+labellers rated exactly this ("follows explicit constraints in the instruction", arXiv:2203.02155,
+table 3). The signal is in the text's form, which a 135M reward model can learn; whether the answer is
+right is left to the task's ``check()``, reported beside the judge's verdicts, so that a win bought
+with wrong answers shows.
+
+``only_the_answer(prompt, answer_a, answer_b)`` is the judge signature of ``posttrain eval --judge``
+(``"a"``, ``"b"`` or ``"tie"``), and the pipeline's ``label`` stage uses the same function to label
+A/B pairs through the labelling page's HTTP API. It compares the replies by tier:
+
+3. only the answer: one line of at most MAX_ANSWER_WORDS words, not framed as a sentence;
+2. one line, but framed ("The answer is 5.", "Sure! elppa", "Answer: 5") or long;
+1. several lines;
+0. empty.
+
+The higher tier wins. Between two one-line framed replies the one with clearly less around the answer
+wins (at most CLEARLY_SHORTER times the other's words: a person who asked for only the answer and got
+two sentences prefers the one closer to it); anything else is a tie, which gives no training pair.
+
+A reply is framed when its first word is one a bare answer never starts with (the task's answers are
+its own words, counts and letters, none of them in FRAMING_STARTS), or it has a verb phrase or
+colon that wraps the answer (FRAMING_PHRASES).
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_ANSWER_WORDS = 8  # the longest answer of the task is six words (repeat, sort)
+CLEARLY_SHORTER = 2 / 3
+FRAMING_STARTS = frozenset({
+    "the", "a", "an", "here", "here's", "sure", "sure!", "this", "that", "these", "there", "it", "it's",
+    "i", "i'm", "okay", "ok", "well", "yes", "no", "to", "in", "so", "your", "my", "we", "let's", "let",
+    "reversed", "sorted", "uppercase", "answer:", "result:", "output:", "of", "as", "when", "if",
+})
+FRAMING_PHRASES = re.compile(r"\b(is|are|was|were|has|have|contains|means|equals)\b|:\s")
+
+
+def tier(reply: str) -> int:
+    """3 only the answer, 2 one line but framed or long, 1 several lines, 0 empty (see the module doc)."""
+    text = reply.strip()
+    if not text:
+        return 0
+    if len([line for line in text.splitlines() if line.strip()]) > 1:
+        return 1
+    words = text.split()
+    first = words[0].lower().strip("\"'`“”‘’*,.")
+    framed = first in FRAMING_STARTS or bool(FRAMING_PHRASES.search(text.lower() + " "))
+    return 2 if framed or len(words) > MAX_ANSWER_WORDS else 3
+
+
+def only_the_answer(prompt: str, answer_a: str, answer_b: str) -> str:
+    """"a" or "b", whichever reply follows "Reply with only the answer." better; "tie" when neither
+    clearly does (see the module docstring). Every prompt asks the same, so the prompt is not read."""
+    tier_a, tier_b = tier(answer_a), tier(answer_b)
+    if tier_a != tier_b:
+        return "a" if tier_a > tier_b else "b"
+    if tier_a == 2:
+        words_a, words_b = len(answer_a.split()), len(answer_b.split())
+        if words_a <= CLEARLY_SHORTER * words_b:
+            return "a"
+        if words_b <= CLEARLY_SHORTER * words_a:
+            return "b"
+    return "tie"
