@@ -1,4 +1,6 @@
-"""A labeller's preference, scripted: the reply that does what "Reply with only the answer." asked.
+"""Labellers' preferences, scripted: ``only_the_answer`` (the reply that does what "Reply with only the
+answer." asked; configs/rlhf-judged.yaml) and ``correct_answer`` (the right number, for the arithmetic
+task; configs/rlhf-rounds-arithmetic.yaml).
 
 The instructions task (posttrain/data/tasks/instructions.py) ends every prompt with "Reply with only
 the answer."; the embedded model mostly answers in a sentence that restates the question ('The first
@@ -68,3 +70,26 @@ def only_the_answer(prompt: str, answer_a: str, answer_b: str) -> str:
         if words_b <= CLEARLY_SHORTER * words_a:
             return "b"
     return "tie"
+
+
+# ----------------------------------------------------------------------------- arithmetic: the right number
+
+_QUESTION = re.compile(r"What is (-?\d+) ([-+*]) (-?\d+)\?")
+
+
+def correct_answer(prompt: str, answer_a: str, answer_b: str) -> str:
+    """The labeller of configs/rlhf-rounds-arithmetic.yaml: the reply that ends in the right number
+    (the arithmetic task's check() of a plain answer, the problem read from the prompt) beats one that
+    does not; two right or two wrong replies tie. Everyone asking "What is 7 * 8?" prefers 56, tags or
+    not; the reward model of configs/ppo-arithmetic.yaml learned format instead, and PPO found that
+    bare numbers score high whether right or wrong."""
+    from posttrain.data.tasks import arithmetic
+
+    match = _QUESTION.search(prompt)
+    if match is None:
+        raise ValueError(f"correct_answer judges the arithmetic task's prompts ('What is a + b?...'); "
+                         f"got {prompt!r}")
+    a, op, b = int(match.group(1)), match.group(2), int(match.group(3))
+    row = {"answer": a + b if op == "+" else a - b if op == "-" else a * b, "style": "plain"}
+    right_a, right_b = arithmetic.check(answer_a, row), arithmetic.check(answer_b, row)
+    return "a" if right_a > right_b else "b" if right_b > right_a else "tie"

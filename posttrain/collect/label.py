@@ -15,7 +15,9 @@ pipeline stage (``recipe: label``), with a scripted labeller standing in for the
    by the judge's pairwise verdicts (tied ones keep their sampled order, so they make pairs).
 4. The labels exported (``posttrain collect export``'s function) and split by prompt: a seeded
    ``held_out`` fraction of the prompts gives ``held_out_pairs.jsonl`` (a reward model's held-out
-   accuracy on the labeller's own pairs), the rest ``pairs.jsonl``.
+   accuracy on the labeller's own pairs), the rest ``pairs.jsonl``, after the pairs of ``previous``
+   rounds' files (Llama 2, arXiv:2307.09288 section 3.2.2: the reward model retrained on all the
+   labels so far, each round's sampled from the latest policy).
 5. ``summary.json`` / ``summary.md``: prompts, labels, the verdicts' counts, pairs per file.
 
 Pipeline outputs: ``${stages.NAME.dataset}`` (pairs.jsonl), ``${stages.NAME.held_out}``
@@ -78,6 +80,9 @@ class Config:
     """Fraction of the prompts whose pairs go to held_out_pairs.jsonl instead of pairs.jsonl."""
     pairs: str = "all"
     """rank mode: the pairs a ranking implies, all of them or adjacent ones."""
+    previous: list[str] = field(default_factory=list)
+    """Pairs files of earlier rounds (e.g. ${stages.label_1.dataset}) put before this round's in
+    pairs.jsonl, so a reward model trained on it learns from every label so far (Llama 2's rounds)."""
     seed: int = 0
     """Seed of the prompts, the sampling and the held-out split."""
     device: str = "auto"
@@ -228,12 +233,14 @@ def train(config: Config) -> Path:
 
     train_pairs, held_pairs = split_by_prompt(load_rows(pairs_file["path"], "preferences"), config.held_out,
                                               config.seed)
+    earlier = [row for path in config.previous for row in load_rows(path, "preferences")]
     strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]  # noqa: E731
-    write_jsonl(strip(train_pairs), out / "pairs.jsonl")
+    write_jsonl(strip(earlier + train_pairs), out / "pairs.jsonl")
     write_jsonl(strip(held_pairs), out / "held_out_pairs.jsonl")
     summary = {"model": config.model, "labeller": config.labeller, "mode": config.mode,
                "prompts": len(prompts), "candidates_per_prompt": config.n, "items_labelled": labelled,
                "verdicts": dict(sorted(verdicts.items())), "train_pairs": len(train_pairs),
+               "earlier_pairs": len(earlier),
                "held_out_pairs": len(held_pairs), "seconds": round(time.perf_counter() - started, 1),
                "config": to_dict(config)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -247,5 +254,6 @@ def summary_text(summary: Row) -> str:
             f"{summary['candidates_per_prompt']} candidates of {summary['model']}; "
             f"{summary['items_labelled']} items labelled through the page's API; "
             f"verdicts {summary['verdicts']}; "
-            f"{summary['train_pairs']} pairs to train on, {summary['held_out_pairs']} held out "
+            f"{summary['train_pairs']} pairs to train on (+ {summary['earlier_pairs']} of earlier rounds), "
+            f"{summary['held_out_pairs']} held out "
             f"({summary['seconds']:.0f} s).")

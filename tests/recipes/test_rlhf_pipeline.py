@@ -153,3 +153,34 @@ def test_the_rlhf_pipeline_runs_end_to_end_on_a_tiny_model(tmp_path: Path, tiny_
         assert metrics["wins"] + metrics["ties"] + metrics["losses"] == 4
         assert metrics["win_rate_low"] <= metrics["win_rate"] <= metrics["win_rate_high"]
         assert {"accuracy", "baseline_accuracy"} <= set(metrics)
+
+
+def test_the_rounds_config_relabels_the_latest_policy_and_retrains_on_all_labels(tmp_path: Path) -> None:
+    config = load_config(pipeline.Config, ROOT / "configs" / "rlhf-rounds-arithmetic.yaml")
+    stages = {s.name: s for s in pipeline.plan(config, tmp_path / "p")}
+    p = tmp_path / "p"
+    assert stages["label_2"].config.model == str(p / "ppo_1" / "final")  # sampled from the round-1 policy
+    assert stages["label_2"].config.previous == [str(p / "label_1" / "pairs.jsonl")]
+    assert stages["rm_2"].config.data.train == str(p / "label_2" / "pairs.jsonl")
+    assert stages["ppo_2"].config.model.name == str(p / "ppo_1" / "final")
+    assert stages["ppo_2"].config.rewards == [f"reward_model:{p / 'rm_2' / 'final'}"]
+    assert stages["judge_2"].config.baseline == "smollm2-135m-instruct"
+
+
+def test_label_stage_puts_earlier_rounds_pairs_first(tmp_path: Path, tiny_model_dir: str) -> None:
+    earlier = tmp_path / "round1.jsonl"
+    earlier.write_text(json.dumps({"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "5"}) + "\n")
+    out = label.train(_label_config(tmp_path, tiny_model_dir, previous=[str(earlier)], held_out=0.0))
+    rows = load_rows(out / "pairs.jsonl", "preferences")
+    assert (rows[0]["prompt"], rows[0]["chosen"], rows[0]["rejected"]) == ("What is 2 + 2?", "4", "5")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["earlier_pairs"] == 1 and len(rows) == 1 + summary["train_pairs"]
+
+
+def test_correct_answer_labeller_prefers_the_right_number() -> None:
+    judge = _labeller().correct_answer
+    prompt = "What is 7 * 8? Give the final answer as a number inside <answer></answer> tags."
+    assert judge(prompt, "<answer>54</answer>", "7 * 8 = 56") == "b"
+    assert judge(prompt, "<answer>56</answer>", "56") == "tie" and judge(prompt, "54", "15") == "tie"
+    with pytest.raises(ValueError, match="arithmetic task's prompts"):
+        judge("Reverse the word.", "a", "b")
