@@ -88,7 +88,7 @@ class Config:
     device: str = "auto"
     """Device of the sampling model: auto, cpu or cuda."""
     output_dir: str = "runs"
-    """Folder of the output folder."""
+    """Folder holding the output folder."""
     name: str = ""
     """Output folder name (default label-<date>-<time>)."""
     overwrite: bool = False
