@@ -1,6 +1,7 @@
 """Labellers' preferences, scripted: ``only_the_answer`` (the reply that does what "Reply with only the
-answer." asked; configs/rlhf-judged.yaml) and ``correct_answer`` (the right number, for the arithmetic
-task; configs/rlhf-rounds-arithmetic.yaml).
+answer." asked; configs/rlhf-judged.yaml), ``an_answer_to_this`` (the same, a bare reply counting only
+when made of the question's words; configs/rlhf-judged-sft.yaml) and ``correct_answer`` (the right
+number, for the arithmetic task; configs/rlhf-rounds-arithmetic.yaml).
 
 The instructions task (posttrain/data/tasks/instructions.py) ends every prompt with "Reply with only
 the answer."; the embedded model mostly answers in a sentence that restates the question ('The first
@@ -42,19 +43,27 @@ FRAMING_STARTS = frozenset({
     "reversed", "sorted", "uppercase", "answer:", "result:", "output:", "of", "as", "when", "if",
 })
 FRAMING_PHRASES = re.compile(r"\b(is|are|was|were|has|have|contains|means|equals)\b|:\s")
+_QUOTED = re.compile(r'"([^"]*)"')
+_LETTERS = re.compile(r"[a-z]+")
+
+
+def _form(reply: str) -> tuple[int, bool]:
+    """(non-empty lines, framed) of a reply, framed as in the module docstring."""
+    text = reply.strip()
+    lines = len([line for line in text.splitlines() if line.strip()])
+    if not text:
+        return 0, False
+    words = text.split()
+    first = words[0].lower().strip("\"'`“”‘’*,.")
+    return lines, first in FRAMING_STARTS or bool(FRAMING_PHRASES.search(text.lower() + " "))
 
 
 def tier(reply: str) -> int:
     """3 only the answer, 2 one line but framed or long, 1 several lines, 0 empty (see the module doc)."""
-    text = reply.strip()
-    if not text:
-        return 0
-    if len([line for line in text.splitlines() if line.strip()]) > 1:
-        return 1
-    words = text.split()
-    first = words[0].lower().strip("\"'`“”‘’*,.")
-    framed = first in FRAMING_STARTS or bool(FRAMING_PHRASES.search(text.lower() + " "))
-    return 2 if framed or len(words) > MAX_ANSWER_WORDS else 3
+    lines, framed = _form(reply)
+    if lines != 1:
+        return min(lines, 1)
+    return 2 if framed or len(reply.split()) > MAX_ANSWER_WORDS else 3
 
 
 def only_the_answer(prompt: str, answer_a: str, answer_b: str) -> str:
@@ -70,6 +79,34 @@ def only_the_answer(prompt: str, answer_a: str, answer_b: str) -> str:
         if words_b <= CLEARLY_SHORTER * words_a:
             return "b"
     return "tie"
+
+
+def material(prompt: str) -> set[str]:
+    """The words a reply to ``prompt`` may be made of: those it quotes or lists after its last colon,
+    and each of them backwards."""
+    text = " ".join(_QUOTED.findall(prompt)) + " " + (prompt.rsplit(": ", 1)[1] if ": " in prompt else "")
+    words = set(_LETTERS.findall(text.lower()))
+    return words | {word[::-1] for word in words}
+
+
+def grounded_tier(reply: str, prompt: str) -> int:
+    """``tier`` with the question's material required of a bare answer: 3 only an answer made of the
+    question's words (their letters backwards, numbers), 2 any other one line, 1 several lines, 0 empty."""
+    lines, framed = _form(reply)
+    if lines != 1:
+        return min(lines, 1)
+    grounded = set(_LETTERS.findall(reply.lower())) <= material(prompt)
+    return 3 if grounded and not framed and len(reply.split()) <= MAX_ANSWER_WORDS else 2
+
+
+def an_answer_to_this(prompt: str, answer_a: str, answer_b: str) -> str:
+    """The labeller of configs/rlhf-judged-sft.yaml: ``only_the_answer`` made stricter where PPO beat
+    it, a bare reply counting as an answer only when made of the question's material (what the
+    question quotes or lists after its last colon: "Hangman." is no answer to 'What is the first word
+    of "drum road"?'), and no preference for the shorter of two framed replies. The higher
+    ``grounded_tier`` wins; within one, a tie."""
+    tier_a, tier_b = grounded_tier(answer_a, prompt), grounded_tier(answer_b, prompt)
+    return "a" if tier_a > tier_b else "b" if tier_b > tier_a else "tie"
 
 
 # ----------------------------------------------------------------------------- arithmetic: the right number

@@ -184,3 +184,40 @@ def test_correct_answer_labeller_prefers_the_right_number() -> None:
     assert judge(prompt, "<answer>56</answer>", "56") == "tie" and judge(prompt, "54", "15") == "tie"
     with pytest.raises(ValueError, match="arithmetic task's prompts"):
         judge("Reverse the word.", "a", "b")
+
+
+FIRST = 'What is the first word of the sentence "drum road crab"? Reply with only the answer.'
+SORT = "Sort these words alphabetically: pear, dog, apple. Reply with only the answer."
+REVERSE = 'Reverse the letters of the word "berry". Reply with only the answer.'
+
+
+@pytest.mark.parametrize(("reply", "prompt", "tier"), [
+    ("drum", FIRST, 3), ("DRUM ROAD", FIRST, 3), ("apple, dog, pear.", SORT, 3), ("yrreb", REVERSE, 3),
+    ('"crab"', FIRST, 3), ("7", FIRST, 3),
+    ("Hangman.", FIRST, 2), ("Answer.", FIRST, 2),  # bare, but no answer to this question
+    ('The first word of the sentence "drum road crab" is "drum".', FIRST, 2), ("Sure! yrreb", REVERSE, 2),
+    ("drum road crab drum road crab drum road crab", FIRST, 2), ("drum\n\nThe first word.", FIRST, 1),
+    ("  ", FIRST, 0),
+])
+def test_the_stricter_labeller_wants_a_bare_reply_made_of_the_questions_words(reply: str, prompt: str,
+                                                                            tier: int) -> None:
+    assert _labeller().grounded_tier(reply, prompt) == tier
+
+
+def test_the_stricter_labeller_ties_a_bare_non_answer_with_a_framed_reply() -> None:
+    judge = _labeller().an_answer_to_this
+    framed = 'The word "berry" reversed is "yrreb".'
+    assert judge(REVERSE, framed, "yrreb") == "b" and judge(REVERSE, "yrreb", framed) == "a"
+    assert judge(REVERSE, framed, "Despicable.") == "tie"  # only_the_answer prefers "Despicable."
+    assert _labeller().only_the_answer(REVERSE, framed, "Despicable.") == "b"
+    long = 'The word "berry" written with its letters in reverse order is "yrreb".'
+    assert judge(REVERSE, long, framed) == "tie"  # no preference for the shorter framing
+
+
+def test_the_sft_variant_starts_every_later_stage_from_the_sft_model(tmp_path: Path) -> None:
+    config = load_config(pipeline.Config, ROOT / "configs" / "rlhf-judged-sft.yaml")
+    stages = {s.name: s for s in pipeline.plan(config, tmp_path / "p")}
+    sft = str(tmp_path / "p" / "sft" / "final")
+    assert stages["label"].config.model == sft == stages["ppo"].config.model.name
+    assert stages["grpo"].config.model.name == sft == stages["judge_ppo"].config.baseline
+    assert stages["judge_grpo"].config.judge == "examples/labeller.py:an_answer_to_this"
