@@ -32,18 +32,14 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from posttrain.collect.db import prompt_key
 from posttrain.collect.export import export
+from posttrain.collect.label import label_through_server, split_by_prompt
 from posttrain.collect.sample import SampleConfig, sample
 from posttrain.config import load_config
 from posttrain.data.feedback import feedback_from
@@ -102,55 +98,6 @@ class Annotator:
         if judged[0] != judged[1]:
             return {"choice": "a" if judged[0] > judged[1] else "b"}
         return {"choice": "tie" if judged[0][0] else "both_bad"}
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _call(url: str, body: Row | None = None) -> Row:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
-
-
-def label_through_server(db: Path, mode: str, annotator: Annotator, name: str = "scripted") -> int:
-    """Step 2: serve ``db`` in ``mode`` and label every item through the JSON API; returns the count."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    with open(db.with_suffix(".server.log"), "wb") as log:
-        server = subprocess.Popen([sys.executable, "-m", "posttrain.collect", "serve", "--db", str(db),
-                                   "--mode", mode, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                _call(f"{url}/api/state")
-                break
-            except (urllib.error.URLError, ConnectionError):
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"labelling server did not start; see {log.name}") from None
-                time.sleep(0.1)
-        labelled = 0
-        while (item := _call(f"{url}/api/next?annotator={name}")["item"]) is not None:
-            _call(f"{url}/api/label", {"annotator": name, "item_id": item["item_id"],
-                                       "value": annotator.value(item)})
-            labelled += 1
-        return labelled
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def split_by_prompt(rows: list[Row], held_out: float, seed: int) -> tuple[list[Row], list[Row]]:
-    """(train, held-out) rows, a seeded ``held_out`` fraction of the prompts in the second."""
-    keys = sorted({prompt_key(row["prompt"]) for row in rows})
-    kept = set(random.Random(seed).sample(keys, round(held_out * len(keys))))
-    return ([r for r in rows if prompt_key(r["prompt"]) not in kept],
-            [r for r in rows if prompt_key(r["prompt"]) in kept])
 
 
 def correctness_pairs(rankings: list[Row], rows_by_key: dict[str, Row]) -> list[Row]:
@@ -263,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dbs = sample_collections(out, prompts, args)
     rows_by_key = {prompt_key(row["prompt"]): row for row in prompts}
     annotator = Annotator(rows_by_key, args.error_rate, args.seed)
-    labelled = {mode: label_through_server(db, mode, annotator) for mode, db in dbs.items()}
+    labelled = {mode: label_through_server(db, mode, annotator.value) for mode, db in dbs.items()}
     exports = {mode: export(db, out / "export" / mode) for mode, db in dbs.items()}
     files = {name: Path(exports[mode]["files"][name]["path"])  # the A/B pairs, not those the rankings imply
              for mode, name in (("rank", "rankings"), ("ab", "pairs"), ("thumbs", "unpaired"))}

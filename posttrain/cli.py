@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "best-of-n": ("posttrain.recipes.best_of_n", "best-of-N / rejection sampling into SFT data, then SFT"),
     "eval": ("posttrain.eval.command", "score a model or run on arithmetic, HumanEval or a file; --compare"),
     "contamination": ("posttrain.eval.contamination", "n-gram overlap of a training set with a benchmark"),
+    "label": ("posttrain.collect.label", "sample candidates, label them by a scripted labeller through the "
+                                         "labelling page's API, export preference pairs"),
     "pipeline": ("posttrain.recipes.pipeline", "stages (sft, grpo, best-of-n...) in one config, resumable"),
 }
 

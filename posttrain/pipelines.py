@@ -19,7 +19,7 @@ from typing import Any
 from posttrain.config import load_config, to_dict
 from posttrain.errors import CheckpointError, ConfigError
 
-RECIPES = ("sft", "grpo", "dpo", "rm", "best-of-n", "kto", "orpo", "ppo", "eval")
+RECIPES = ("sft", "grpo", "dpo", "rm", "best-of-n", "kto", "orpo", "ppo", "eval", "label")
 # what a stage makes, relative to its run directory: a recipe module may define ``outputs(config)``
 # (and RESUMABLE = False when a killed run cannot continue from its checkpoints); by default the
 # final model, and nothing for an evaluation

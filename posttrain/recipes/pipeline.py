@@ -1,8 +1,9 @@
 """``posttrain pipeline -c file.yaml``: several recipes chained in one config, resumed like a build.
 
 A pipeline is an ordered list of named stages, each a recipe (``sft``, ``grpo``, ``dpo``, ``rm``,
-``best-of-n``, ``kto``, ``orpo``, ``ppo``, ``eval``) with its own config section, written exactly as
-that recipe's YAML file. A value may name an earlier stage's output:
+``best-of-n``, ``kto``, ``orpo``, ``ppo``, ``eval``, or ``label``: candidates sampled and labelled by
+a scripted labeller through the labelling page, see ``posttrain.collect.label``) with its own config
+section, written exactly as that recipe's YAML file. A value may name an earlier stage's output:
 
     stages:
       - name: cold_start
@@ -13,10 +14,10 @@ that recipe's YAML file. A value may name an earlier stage's output:
         config: {model: {name: "${stages.cold_start.model}"}}
 
 References: ``${stages.NAME.model}`` (the stage's ``final/`` HF folder: its best weights when the
-stage sets ``run.keep_best``, its last step's otherwise), ``${stages.NAME.dataset}``
-(best-of-n's SFT data), ``${stages.NAME.run_dir}``, and ``${stages.NAME.config.KEY.SUB}`` (any value
-of an earlier stage's resolved config, e.g. ``${stages.cold_start.config.model.name}``: the model it
-started from). The whole file is checked before anything runs: an unknown recipe or stage, a
+stage sets ``run.keep_best``, its last step's otherwise), ``${stages.NAME.dataset}`` (best-of-n's SFT
+data, label's pairs), ``${stages.NAME.held_out}`` (label's held-out pairs), ``${stages.NAME.run_dir}``,
+and ``${stages.NAME.config.KEY.SUB}`` (any value of an earlier stage's resolved config, e.g.
+``${stages.cold_start.config.model.name}``: the model it started from). The whole file is checked before anything runs: an unknown recipe or stage, a
 reference to a later stage, an output the stage does not make, and every stage's own config
 errors, each naming the stage and key.
 
