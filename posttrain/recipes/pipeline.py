@@ -17,9 +17,9 @@ References: ``${stages.NAME.model}`` (the stage's ``final/`` HF folder: its best
 stage sets ``run.keep_best``, its last step's otherwise), ``${stages.NAME.dataset}`` (best-of-n's SFT
 data, label's pairs), ``${stages.NAME.held_out}`` (label's held-out pairs), ``${stages.NAME.run_dir}``,
 and ``${stages.NAME.config.KEY.SUB}`` (any value of an earlier stage's resolved config, e.g.
-``${stages.cold_start.config.model.name}``: the model it started from). The whole file is checked before anything runs: an unknown recipe or stage, a
-reference to a later stage, an output the stage does not make, and every stage's own config
-errors, each naming the stage and key.
+``${stages.cold_start.config.model.name}``: the model it started from). The whole file is checked
+before anything runs: an unknown recipe or stage, a reference to a later stage, an output the stage
+does not make, and every stage's own config errors, each naming the stage and key.
 
 Runs like a build system: every stage records a fingerprint of its resolved config, of the data files
 it reads and of the stage before it (so editing one stage reruns it and every stage after it, nothing
