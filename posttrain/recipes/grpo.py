@@ -9,7 +9,8 @@ DeepSeekMath (arXiv:2402.03300), the RL stage of DeepSeek-R1-Zero (arXiv:2501.12
 4. advantage of each completion = its reward minus its group's mean, divided by the group's std
    (or the batch std, or nothing; or a leave-one-out baseline as in RLOO);
 5. μ times (``ppo_epochs``): the clipped surrogate with ε_low/ε_high plus β·KL(π‖π_ref), averaged
-   per sequence, per token or by a constant, summed over micro-batches, one optimizer step;
+   per sequence, per token or by a constant, summed over micro-batches, one optimizer step (with
+   ``rollout_correction: tis`` each token's surrogate weighted by min(π_old / q_sampler, C), TIS);
 6. log the rollouts and metrics, evaluate held-out problems with the task's own check() every
    ``run.eval_every`` steps, checkpoint every ``run.save_every`` steps.
 

@@ -15,7 +15,8 @@ V (trained; a value head on the policy's backbone or its own, ``posttrain.critic
 4. per-token rewards r_t = -β (log π_old - log π_ref), plus s on the last token;
 5. GAE(γ, λ): advantages A_t and returns R_t = A_t + V_old; A whitened over the batch;
 6. μ epochs (``ppo_epochs``) over the batch, shuffled into ``mini_batches`` optimizer steps each, of
-   the clipped surrogate (ε) + ``vf_coef`` · the clipped value loss, both averaged over tokens;
+   the clipped surrogate (ε; TIS-weighted with ``rollout_correction``) + ``vf_coef`` · the clipped value
+   loss, both averaged over tokens;
 7. with ``kl_target``, β follows Ziegler et al.'s proportional controller. Every ``run.eval_every``
    steps greedy held-out responses are scored by the rewards (``eval/reward``) and the task's check()
    (``eval/accuracy``). Checkpoints hold the policy and the critic; final/ the policy.
