@@ -248,6 +248,8 @@ class ClusterConfig:
     reward_workers: int = 0
     """Ray actors running the reward functions and the code sandbox, the batch split across them
     (0: score in this process)."""
+    max_staleness: int = 0
+    """Versions rollouts may lag the policy (rollout workers): 1 samples step k+1 while step k trains."""
     trainer_cpus: float = 1.0
     """CPUs each trainer rank asks the cluster for."""
     trainer_gpus: float = 0.0
@@ -271,7 +273,7 @@ class ClusterConfig:
         if self.trainers < 1:
             problems.append(f"trainers: must be >= 1; got {self.trainers}")
         for key in ("rollout_workers", "reward_workers", "trainer_cpus", "trainer_gpus", "rollout_cpus",
-                    "rollout_gpus", "reward_cpus", "reward_gpus"):
+                    "rollout_gpus", "reward_cpus", "reward_gpus", "max_staleness"):
             if getattr(self, key) < 0:
                 problems.append(f"{key}: must be >= 0; got {getattr(self, key)}")
         for role in ("trainer", "rollout", "reward"):
@@ -345,8 +347,7 @@ def help_text(cls: type, prefix: str = "") -> str:
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if _is_section(tp):
-            lines.append(f"\n{prefix}{f.name}:")
-            lines.append(help_text(tp, prefix + f.name + "."))
+            lines += [f"\n{prefix}{f.name}:", help_text(tp, prefix + f.name + ".")]
             continue
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")

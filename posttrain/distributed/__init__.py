@@ -7,7 +7,8 @@ always was. Otherwise ``start_run`` (posttrain/runner.py) calls ``start`` once p
 ``reward_scorer()``, which is ``score_completions`` itself in one process and a pool of reward
 workers (``reward_workers.RewardPool``) on a cluster, and its sampler with ``rollout_sampler()``:
 ``posttrain.rollout.generate`` itself, or a pool of rollout workers (``rollout_workers.RolloutPool``),
-whose rollouts ``check_on_policy`` compares with the policy's current weight version.
+whose rollouts ``check_on_policy`` compares with the policy's current weight version (``sample_ahead``
+starts the next step's sampling early when ``cluster.max_staleness`` > 0).
 
 What runs on a cluster: reward workers (reward functions and the code sandbox), rollout workers
 (a copy of the policy and its engine each, the weights pushed after each optimizer step), and with
@@ -224,20 +225,34 @@ def rollout_sampler() -> Callable[..., Any]:
     return generate
 
 
+def sample_ahead(model: Any, tokenizer: Any, prompts: list[Any], n: int, sampling: Any,
+                 **options: Any) -> None:
+    """With ``cluster.max_staleness`` > 0, start sampling ``prompts`` on the rollout workers now (the
+    current weights), for the next ``rollout_sampler()`` call with the same arguments to take, so that
+    sampling overlaps training; nothing otherwise."""
+    if _session is not None and _session.rollout_pool is not None and _session.config.max_staleness > 0:
+        _session.rollout_pool.sample_ahead(model, tokenizer, prompts, n, sampling, **options)
+
+
 def check_on_policy(model: Any, rollouts: Any) -> None:
-    """Raise a ClusterError when ``rollouts`` were sampled with other weights than ``model``'s current
-    ones (a weight version behind): training stays on-policy. Nothing to check in one process."""
+    """Raise a ClusterError when ``rollouts`` were sampled more than ``cluster.max_staleness`` weight
+    versions (default 0) behind ``model``'s current weights, and set ``rollouts.staleness`` to how many
+    they are. Nothing to check in one process."""
     if _session is None or _session.rollout_pool is None:
         return
     current = _session.rollout_pool.version_of(model)
-    if rollouts.weight_version != current:
+    behind, allowed = current - rollouts.weight_version, _session.config.max_staleness
+    if not 0 <= behind <= allowed:
         raise ClusterError(
             f"stale rollouts: sampled with weight version {rollouts.weight_version}, but the policy is at "
-            f"version {current} ({current - rollouts.weight_version} optimizer step(s) since). Training "
-            "on them would be off-policy; sample again after the step (max_staleness, sampling ahead "
-            "of training with an importance correction, is not implemented)")
+            f"version {current} ({behind} optimizer step(s) since), more than cluster.max_staleness="
+            f"{allowed} allows. Training on them would be off-policy beyond what the run accepts; sample "
+            "again after the step, or raise max_staleness (sampling ahead of training, corrected with "
+            "truncated importance weights)")
+    rollouts.staleness = behind
 
 
 __all__ = ["ClusterError", "Rank", "Scorer", "barrier", "check_launched", "check_on_policy", "from_writer",
            "is_writer", "launch", "own_dir", "rank_rows", "reduce_gradients", "reward_scorer",
-           "rollout_sampler", "set_rank", "shutdown", "start", "stop", "sum_over_ranks", "this_rank"]
+           "rollout_sampler", "sample_ahead", "set_rank", "shutdown", "start", "stop", "sum_over_ranks",
+           "this_rank"]
