@@ -23,6 +23,7 @@ alone writes the run directory and checkpoints).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,10 @@ def reduce_gradients(params: list[Any], loss_finite: bool) -> bool:
     up to its gradient); returns whether every rank's losses were finite. Nothing in one process."""
     if _rank.world == 1:
         return loss_finite
+    if sharded():  # FSDP reduce-scattered them in backward
+        from posttrain.distributed.fsdp import loss_flags
+
+        return loss_flags(loss_finite, params[0].device)
     from posttrain.distributed.trainers import reduce_gradients as on_ranks
 
     return on_ranks(params, loss_finite)
@@ -166,6 +171,59 @@ def barrier() -> None:
         from posttrain.distributed.trainers import barrier as on_ranks
 
         on_ranks()
+
+
+def sharded() -> bool:
+    """Whether this process is a trainer rank of ``cluster.sharding: fsdp`` (``fsdp.py``)."""
+    return _rank.world > 1 and _rank.sharding == "fsdp"
+
+
+def shard(model: Any) -> Any:
+    """The policy sharded over the trainer ranks under fsdp (before its optimizer is built); else itself."""
+    if not sharded():
+        return model
+    from posttrain.distributed.fsdp import shard as fully_shard
+
+    return fully_shard(model)
+
+
+def through_root(model: Any, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)``, a computation calling ``model``'s submodules, run as a forward of its FSDP
+    root so that the sharded weights are gathered (and the gradients reduced in backward)."""
+    if not sharded():
+        return fn(*args, **kwargs)
+    from posttrain.distributed.fsdp import through_root as on_ranks
+
+    return on_ranks(model, fn, *args, **kwargs)
+
+
+def full_weights(model: Any) -> contextlib.AbstractContextManager[None]:
+    """A block in which a sharded ``model``'s parameters are whole (sampling reads them directly)."""
+    if not sharded():
+        return contextlib.nullcontext()
+    from posttrain.distributed.fsdp import full_weights as gathered
+
+    return gathered(model)
+
+
+def lockstep(passes: list[tuple[slice, float]], spare: Callable[[], slice],
+             device: Any) -> list[tuple[slice, float]]:
+    """The weighted micro-batches this rank runs: under fsdp padded with ``(spare(), 0.0)`` to the most any
+    rank runs, since each forward and backward is a collective there; as given otherwise."""
+    if not sharded():
+        return passes
+    from posttrain.distributed.fsdp import most_passes
+
+    return passes + [(spare(), 0.0)] * (most_passes(len(passes), device) - len(passes))
+
+
+def full_state_dict(model: Any) -> dict[str, Any] | None:
+    """A sharded model's full weights, on the writer (``{}`` elsewhere); None when the model is whole."""
+    if not sharded():
+        return None
+    from posttrain.distributed.fsdp import full_state_dict as gathered
+
+    return gathered(model)
 
 
 def start(config: Any) -> None:
@@ -221,6 +279,10 @@ def rollout_sampler() -> Callable[..., Any]:
         return _session.rollout_pool.generate
     from posttrain.rollout import generate
 
+    if sharded():  # the engine reads the weights directly: gathered whole for each call
+        from posttrain.distributed.fsdp import with_full_weights
+
+        return with_full_weights(generate)
     return generate
 
 
@@ -239,5 +301,6 @@ def check_on_policy(model: Any, rollouts: Any) -> None:
 
 
 __all__ = ["ClusterError", "Rank", "Scorer", "barrier", "check_launched", "check_on_policy", "from_writer",
-           "is_writer", "launch", "own_dir", "rank_rows", "reduce_gradients", "reward_scorer",
-           "rollout_sampler", "set_rank", "shutdown", "start", "stop", "sum_over_ranks", "this_rank"]
+           "full_state_dict", "full_weights", "is_writer", "launch", "lockstep", "own_dir", "rank_rows",
+           "reduce_gradients", "reward_scorer", "rollout_sampler", "set_rank", "shard", "sharded", "shutdown",
+           "start", "stop", "sum_over_ranks", "this_rank", "through_root"]
