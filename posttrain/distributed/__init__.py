@@ -18,7 +18,10 @@ its own share of the rows. The recipe meets the ranks only through the seams bel
 no-ops in one process: ``rank_rows`` (``training.accumulate``: this rank's rows and its part of the
 batch's loss normaliser), ``reduce_gradients`` (``Stepper.step``: gradients summed over the ranks),
 ``sum_over_ranks`` (metrics of the whole batch), ``from_writer`` / ``is_writer`` / ``barrier`` (rank 0
-alone writes the run directory and checkpoints).
+alone writes the run directory and checkpoints). With ``cluster.sharding: fsdp`` (``fsdp.py``) a few more:
+``shard`` (the policy split over the ranks), ``through_root`` (the log-prob code's forward, so the
+weights are gathered), ``full_weights`` (sampling), ``lockstep`` (as many micro-batches on every rank),
+``full_state_dict`` (final/); checkpoint.py writes and reads sharded checkpoints through ``fsdp.py``.
 """
 
 from __future__ import annotations
@@ -197,10 +200,11 @@ def through_root(model: Any, fn: Callable[..., T], *args: Any, **kwargs: Any) ->
     return on_ranks(model, fn, *args, **kwargs)
 
 
-def full_weights(model: Any) -> contextlib.AbstractContextManager[None]:
-    """A block in which a sharded ``model``'s parameters are whole (sampling reads them directly)."""
+def full_weights(model: Any) -> contextlib.AbstractContextManager[Any]:
+    """A block in which a sharded ``model``'s parameters are whole, giving the module to sample with (it
+    reads them directly); ``model`` itself when it is not sharded."""
     if not sharded():
-        return contextlib.nullcontext()
+        return contextlib.nullcontext(model)
     from posttrain.distributed.fsdp import full_weights as gathered
 
     return gathered(model)

@@ -9,7 +9,8 @@ final norm, output layer: tied embeddings stay one parameter) in the root group.
   the root group for the whole micro-batch, each layer's group while that layer runs (again in
   backward), gradients reduce-scattered per group as soon as they are complete;
 - sampling (``full_weights``): every group at once for the whole ``generate`` call, since the rollout
-  engine reads weights directly (a bf16 copy, its own decode loop); freed after it;
+  engine reads weights directly (its own decode loop; with ``sampling.dtype: bfloat16`` it keeps its
+  bf16 copy of the whole model between calls, as in one process); freed after it;
 - checkpoints (``save_sharded``): each rank writes its own shards (``torch.distributed.checkpoint``), no
   gather; ``final/`` (``full_state_dict``): the full weights gathered to rank 0's CPU memory once.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import types
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -94,35 +96,53 @@ def through_root(model: nn.Module, fn: Callable[..., Any], *args: Any, **kwargs:
 
 
 @contextlib.contextmanager
-def full_weights(model: nn.Module) -> Iterator[None]:
-    """Every parameter of ``model`` gathered in full for the block (the rollout engine reads them)."""
+def full_weights(model: nn.Module) -> Iterator[nn.Module]:
+    """The module to sample with: a plain copy of ``model``'s class whose parameters are ``model``'s, every
+    group gathered whole for the block (the rollout engine reads weights directly and may copy the module,
+    which FSDP refuses; the copy has no FSDP hooks to fire). ``model`` itself when it is not sharded."""
     root = sharded_root(model)
     if root is None:
-        yield
+        yield model
         return
     groups = [module for module in root.modules() if isinstance(module, FSDPModule)]
-    for group in groups:
-        group.unshard()
-        if group is not root:
-            group.set_reshard_after_forward(False, recurse=False)
     try:
+        for group in groups:
+            group.unshard()
+        whole = _pointed_at(root)
         from posttrain.rollout import sync_weights
 
-        sync_weights(model)  # an engine's own bf16 copy: from these weights, whatever their addresses
-        yield
+        sync_weights(whole)  # an engine's own bf16 copy: from these weights, wherever they were gathered to
+        yield whole
     finally:
         for group in groups:
-            if group is not root:
-                group.set_reshard_after_forward(True, recurse=False)
             group.reshard()
+
+
+_plain_twins: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
+
+
+def _pointed_at(root: nn.Module) -> nn.Module:
+    """The plain twin of the sharded ``root`` (built once on the meta device: no memory of its own),
+    its parameters and buffers pointed at ``root``'s, which are whole while gathered."""
+    if root not in _plain_twins:
+        with torch.device("meta"):
+            _plain_twins[root] = type(root)(root.config)
+    twin = _plain_twins[root]
+    for name, tensor in [*root.named_parameters(remove_duplicate=False),
+                         *root.named_buffers(remove_duplicate=False)]:
+        owner, _, attribute = name.rpartition(".")
+        kind = "_parameters" if isinstance(tensor, nn.Parameter) else "_buffers"
+        getattr(twin.get_submodule(owner), kind)[attribute] = tensor
+    twin.train(root.training)
+    return twin
 
 
 def with_full_weights(generate: Callable[..., Any]) -> Callable[..., Any]:
     """``generate(model, ...)`` with ``model``'s weights gathered for the call."""
 
     def gathered(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        with full_weights(model):
-            return generate(model, *args, **kwargs)
+        with full_weights(model) as whole:
+            return generate(whole, *args, **kwargs)
 
     return gathered
 

@@ -31,8 +31,8 @@ def evaluate_rows(model: nn.Module, tokenizer: Any, rows: list[dict[str, Any]], 
     for start in range(0, len(rows), prompts_per_batch):
         batch = rows[start:start + prompts_per_batch]
         prompts = [prompt_messages(row, system_prompt) for row in batch]
-        with distributed.full_weights(model):  # trainer ranks under fsdp: the engine reads whole weights
-            rollouts = generate(model, tokenizer, prompts, n=n, sampling=sampling,
+        with distributed.full_weights(model) as whole:  # fsdp trainer ranks: the engine reads whole weights
+            rollouts = generate(whole, tokenizer, prompts, n=n, sampling=sampling,
                                 engine_options=engine_options)
         for i, row in enumerate(batch):
             texts = rollouts.texts[i * n:(i + 1) * n]

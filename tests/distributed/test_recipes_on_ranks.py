@@ -55,8 +55,10 @@ _ONE_PROCESS: dict[tuple[str, ...], Path] = {}
     ("sft", [], "ddp"), ("dpo", [], "ddp"), ("grpo", [], "ddp"),
     ("grpo", ["loss_agg=constant", "prompts_per_step=1", "samples_per_prompt=5"], "ddp"),  # rows shared 3 + 2
     # fsdp: rank 0 runs 2 micro-batches (3 rows), rank 1 one and a zero-weight one (every forward is a
-    # collective there); the evaluation before training samples through the gathered weights
-    ("sft", ["data.eval_size=2"], "fsdp"), ("dpo", [], "fsdp"), ("grpo", [], "fsdp"),
+    # collective there); held-out evaluation and GRPO's sampling read the gathered weights, step 2's bf16
+    # engine copy those of step 1
+    ("sft", ["data.eval_size=2"], "fsdp"), ("dpo", ["model.gradient_checkpointing=true"], "fsdp"),
+    ("grpo", ["run.steps=2", "sampling.dtype=bfloat16"], "fsdp"),
 ])
 def test_two_ranks_take_the_single_process_step(recipe: str, overrides: list[str], sharding: str,
                                                 ray_cluster: str, tiny_model_dir: str, tmp_path: Path,
@@ -74,7 +76,7 @@ def test_two_ranks_take_the_single_process_step(recipe: str, overrides: list[str
     assert _losses(two) == pytest.approx(_losses(one), rel=1e-5, abs=1e-6)
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
     if sharding == "fsdp":  # each rank wrote its own shards of the last step's checkpoint
-        shards = two / "checkpoints" / "step-00000001" / "sharded"
+        shards = sorted((two / "checkpoints").glob("step-*"))[-1] / "sharded"
         assert sorted(p.name for p in shards.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
 
 
