@@ -339,7 +339,8 @@ class Checkpointer:
                 return final
             self._move_into_place(tmp, final)
         except BaseException as error:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if writer:  # the folder is rank 0's, the other fsdp ranks' shards in it included
+                shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(error, Exception) and not isinstance(error, TypeError):
                 cause = _os_error_in_chain(error)
                 raise CheckpointError(f"could not write checkpoint {final} ({type(cause).__name__}: "

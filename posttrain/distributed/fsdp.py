@@ -10,7 +10,8 @@ final norm, output layer: tied embeddings stay one parameter) in the root group.
   backward), gradients reduce-scattered per group as soon as they are complete;
 - sampling (``full_weights``): every group at once for the whole ``generate`` call, since the rollout
   engine reads weights directly (its own decode loop; with ``sampling.dtype: bfloat16`` it keeps its
-  bf16 copy of the whole model between calls, as in one process); freed after it;
+  bf16 copy of the whole model between calls, as in one process); it is handed a plain module of the
+  policy's class pointing at the gathered tensors; freed after the call;
 - checkpoints (``save_sharded``): each rank writes its own shards (``torch.distributed.checkpoint``), no
   gather; ``final/`` (``full_state_dict``): the full weights gathered to rank 0's CPU memory once.
 
