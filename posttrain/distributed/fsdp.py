@@ -63,8 +63,8 @@ def shard(model: nn.Module) -> nn.Module:
     decoder = getattr(root, "get_decoder", lambda: None)()
     layers = getattr(decoder, "layers", None)
     if not isinstance(layers, nn.ModuleList) or root.get_output_embeddings() is None:
-        raise ConfigError(f"cluster.sharding=fsdp shards a causal LM with decoder layers "
-                          f"(get_decoder().layers); {type(root).__name__} has none: use cluster.sharding=ddp")
+        raise ConfigError("cluster.sharding=fsdp shards a causal LM (decoder layers in get_decoder().layers, "
+                          f"an output layer); {type(root).__name__} is not one: use cluster.sharding=ddp")
     for layer in layers:
         fully_shard(layer)
     fully_shard(root)

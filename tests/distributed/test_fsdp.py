@@ -18,7 +18,7 @@ from posttrain.training import Stepper, build_optimizer
 def test_shard_refuses_a_lora_policy_and_a_module_without_decoder_layers(tiny_model: torch.nn.Module) -> None:
     with pytest.raises(ConfigError, match=r"model\.lora_rank > 0 .* use cluster\.sharding=ddp"):
         fsdp.shard(add_lora(tiny_model, rank=2))
-    with pytest.raises(ConfigError, match=r"Linear has none: use cluster\.sharding=ddp"):
+    with pytest.raises(ConfigError, match=r"Linear is not one: use cluster\.sharding=ddp"):
         fsdp.shard(torch.nn.Linear(2, 2))
 
 
