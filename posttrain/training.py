@@ -181,8 +181,7 @@ def accumulate(stepper: Stepper, loss_mask_NT: torch.Tensor, micro_batch_size: i
     # rows with nothing that counts towards the loss are skipped
     passes = [(rows, weight) for rows, weight in zip(slices, weights) if weight != 0.0]
     totals: dict[str, float] = {}
-    for rows, weight in distributed.lockstep(passes, lambda: counted_row(loss_mask_NT, rows_of_batch, agg),
-                                             loss_mask_NT.device):
+    for rows, weight in distributed.lockstep(passes, lambda: counted_row(loss_mask_NT, rows_of_batch, agg)):
         loss, metrics = micro_loss(rows)
         stepper.backward(loss * weight)
         metrics["loss"] = float(loss.detach())

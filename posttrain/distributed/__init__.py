@@ -134,7 +134,7 @@ def reduce_gradients(params: list[Any], loss_finite: bool) -> bool:
     if sharded():  # FSDP reduce-scattered them in backward
         from posttrain.distributed.fsdp import loss_flags
 
-        return loss_flags(loss_finite, params[0].device)
+        return loss_flags(loss_finite)
     from posttrain.distributed.trainers import reduce_gradients as on_ranks
 
     return on_ranks(params, loss_finite)
@@ -210,15 +210,14 @@ def full_weights(model: Any) -> contextlib.AbstractContextManager[Any]:
     return gathered(model)
 
 
-def lockstep(passes: list[tuple[slice, float]], spare: Callable[[], slice],
-             device: Any) -> list[tuple[slice, float]]:
+def lockstep(passes: list[tuple[slice, float]], spare: Callable[[], slice]) -> list[tuple[slice, float]]:
     """The weighted micro-batches this rank runs: under fsdp padded with ``(spare(), 0.0)`` to the most any
     rank runs, since each forward and backward is a collective there; as given otherwise."""
     if not sharded():
         return passes
     from posttrain.distributed.fsdp import most_passes
 
-    return passes + [(spare(), 0.0)] * (most_passes(len(passes), device) - len(passes))
+    return passes + [(spare(), 0.0)] * (most_passes(len(passes)) - len(passes))
 
 
 def full_state_dict(model: Any) -> dict[str, Any] | None:

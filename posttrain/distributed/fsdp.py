@@ -148,18 +148,22 @@ def with_full_weights(generate: Callable[..., Any]) -> Callable[..., Any]:
     return gathered
 
 
-def loss_flags(loss_finite: bool, device: torch.device) -> bool:
-    """Whether every rank's losses were finite (FSDP reduced the gradients during backward)."""
-    flag = torch.tensor([float(not loss_finite)], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return not bool(flag.item())
-
-
-def most_passes(count: int, device: torch.device) -> int:
-    """The most micro-batches any rank runs this time."""
-    most = torch.tensor([count], dtype=torch.long, device=device)
+def _most(value: int) -> int:
+    """The largest ``value`` over the ranks (on the device the group's backend reduces on)."""
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    most = torch.tensor([value], dtype=torch.long, device=device)
     dist.all_reduce(most, op=dist.ReduceOp.MAX)
     return int(most.item())
+
+
+def loss_flags(loss_finite: bool) -> bool:
+    """Whether every rank's losses were finite (FSDP reduced the gradients during backward)."""
+    return not _most(int(not loss_finite))
+
+
+def most_passes(count: int) -> int:
+    """The most micro-batches any rank runs this time."""
+    return _most(count)
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
