@@ -44,6 +44,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
     set_state_dict,
 )
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
 
 from posttrain.errors import CheckpointError, ConfigError
@@ -65,9 +66,11 @@ def shard(model: nn.Module) -> nn.Module:
     if not isinstance(layers, nn.ModuleList) or root.get_output_embeddings() is None:
         raise ConfigError("cluster.sharding=fsdp shards a causal LM (decoder layers in get_decoder().layers, "
                           f"an output layer); {type(root).__name__} is not one: use cluster.sharding=ddp")
+    # on the model's device type (FSDP's default mesh is CUDA whenever a GPU is visible, even to gloo ranks)
+    mesh = init_device_mesh(next(root.parameters()).device.type, (dist.get_world_size(),))
     for layer in layers:
-        fully_shard(layer)
-    fully_shard(root)
+        fully_shard(layer, mesh=mesh)
+    fully_shard(root, mesh=mesh)
     for module in root.modules():
         if isinstance(module, FSDPModule):
             module.set_gradient_divide_factor(1.0)
