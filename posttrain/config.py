@@ -241,7 +241,9 @@ class ClusterConfig:
     its share of every batch; rank 0 writes the run); 1 trains in this process."""
     sharding: str = "ddp"
     """How trainer ranks share the model: ddp (a full copy each, gradients summed once per optimizer
-    step) or fsdp (torch's fully_shard; not yet on the recipes)."""
+    step) or fsdp (torch's fully_shard: parameters, gradients and optimizer state sharded over the ranks,
+    each decoder layer gathered while it runs; full-weight causal LMs, checkpoints through
+    torch.distributed.checkpoint)."""
     rollout_workers: int = 0
     """Ray actors each holding a copy of the policy and a rollout engine, the prompts split across them
     and the weights pushed after each optimizer step (0: sample in this process)."""
@@ -295,9 +297,6 @@ class ClusterConfig:
             problems.append(f"trainers={self.trainers} with rollout_workers={self.rollout_workers}: not "
                             "implemented yet; each trainer rank samples its batch itself (set "
                             "cluster.rollout_workers=0, or cluster.trainers=1)")
-        if self.trainers > 1 and self.sharding == "fsdp":
-            problems.append("sharding=fsdp: not implemented yet on the recipes' trainer ranks; use "
-                            "cluster.sharding=ddp (each rank a full copy of the model)")
         if self.trainers > 1 and self.reward_workers > 0:
             problems.append(f"trainers={self.trainers} with reward_workers={self.reward_workers}: not "
                             "implemented yet; each trainer rank scores its batch itself (set "

@@ -176,12 +176,13 @@ def reference_policy(model_config: ModelConfig, policy: nn.Module, beta: float, 
                      resumed: bool) -> ReferencePolicy | None:
     """The reference of a KL penalty: the starting weights (``frozen``) or the policy with its LoRA
     adapter off (``adapter``); None when β = 0, so nothing is loaded. A resumed run's policy has
-    moved, so a frozen reference is loaded again from ``model_config``."""
+    moved, so a frozen reference is loaded again from ``model_config`` (so is a sharded policy's: fsdp)."""
     from posttrain.runner import load_policy
 
     if beta <= 0:
         return None
-    return ReferencePolicy(load_policy(model_config)[0] if resumed and mode == "frozen" else policy, mode)
+    again = (resumed or distributed.sharded()) and mode == "frozen"
+    return ReferencePolicy(load_policy(model_config)[0] if again else policy, mode)
 
 
 def update_passes(stepper: Stepper, epochs: int, mini_batches: int, micro_batch_size: int, agg: str,

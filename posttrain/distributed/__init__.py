@@ -19,11 +19,15 @@ its own share of the rows. The recipe meets the ranks only through the seams bel
 no-ops in one process: ``rank_rows`` (``training.accumulate``: this rank's rows and its part of the
 batch's loss normaliser), ``reduce_gradients`` (``Stepper.step``: gradients summed over the ranks),
 ``sum_over_ranks`` (metrics of the whole batch), ``from_writer`` / ``is_writer`` / ``barrier`` (rank 0
-alone writes the run directory and checkpoints).
+alone writes the run directory and checkpoints). With ``cluster.sharding: fsdp`` (``fsdp.py``) a few more:
+``shard`` (the policy split over the ranks), ``through_root`` (the log-prob code's forward, so the
+weights are gathered), ``full_weights`` (sampling), ``lockstep`` (as many micro-batches on every rank),
+``full_state_dict`` (final/); checkpoint.py writes and reads sharded checkpoints through ``fsdp.py``.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +132,10 @@ def reduce_gradients(params: list[Any], loss_finite: bool) -> bool:
     up to its gradient); returns whether every rank's losses were finite. Nothing in one process."""
     if _rank.world == 1:
         return loss_finite
+    if sharded():  # FSDP reduce-scattered them in backward
+        from posttrain.distributed.fsdp import loss_flags
+
+        return loss_flags(loss_finite)
     from posttrain.distributed.trainers import reduce_gradients as on_ranks
 
     return on_ranks(params, loss_finite)
@@ -167,6 +175,59 @@ def barrier() -> None:
         from posttrain.distributed.trainers import barrier as on_ranks
 
         on_ranks()
+
+
+def sharded() -> bool:
+    """Whether this process is a trainer rank of ``cluster.sharding: fsdp`` (``fsdp.py``)."""
+    return _rank.world > 1 and _rank.sharding == "fsdp"
+
+
+def shard(model: Any) -> Any:
+    """The policy sharded over the trainer ranks under fsdp (before its optimizer is built); else itself."""
+    if not sharded():
+        return model
+    from posttrain.distributed.fsdp import shard as fully_shard
+
+    return fully_shard(model)
+
+
+def through_root(model: Any, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)``, a computation calling ``model``'s submodules, run as a forward of its FSDP
+    root so that the sharded weights are gathered (and the gradients reduced in backward)."""
+    if not sharded():
+        return fn(*args, **kwargs)
+    from posttrain.distributed.fsdp import through_root as on_ranks
+
+    return on_ranks(model, fn, *args, **kwargs)
+
+
+def full_weights(model: Any) -> contextlib.AbstractContextManager[Any]:
+    """A block in which a sharded ``model``'s parameters are whole, giving the module to sample with (it
+    reads them directly); ``model`` itself when it is not sharded."""
+    if not sharded():
+        return contextlib.nullcontext(model)
+    from posttrain.distributed.fsdp import full_weights as gathered
+
+    return gathered(model)
+
+
+def lockstep(passes: list[tuple[slice, float]], spare: Callable[[], slice]) -> list[tuple[slice, float]]:
+    """The weighted micro-batches this rank runs: under fsdp padded with ``(spare(), 0.0)`` to the most any
+    rank runs, since each forward and backward is a collective there; as given otherwise."""
+    if not sharded():
+        return passes
+    from posttrain.distributed.fsdp import most_passes
+
+    return passes + [(spare(), 0.0)] * (most_passes(len(passes)) - len(passes))
+
+
+def full_state_dict(model: Any) -> dict[str, Any] | None:
+    """A sharded model's full weights, on the writer (``{}`` elsewhere); None when the model is whole."""
+    if not sharded():
+        return None
+    from posttrain.distributed.fsdp import full_state_dict as gathered
+
+    return gathered(model)
 
 
 def start(config: Any) -> None:
@@ -222,6 +283,10 @@ def rollout_sampler() -> Callable[..., Any]:
         return _session.rollout_pool.generate
     from posttrain.rollout import generate
 
+    if sharded():  # the engine reads the weights directly: gathered whole for each call
+        from posttrain.distributed.fsdp import with_full_weights
+
+        return with_full_weights(generate)
     return generate
 
 
@@ -253,6 +318,6 @@ def check_on_policy(model: Any, rollouts: Any) -> None:
 
 
 __all__ = ["ClusterError", "Rank", "Scorer", "barrier", "check_launched", "check_on_policy", "from_writer",
-           "is_writer", "launch", "own_dir", "rank_rows", "reduce_gradients", "reward_scorer",
-           "rollout_sampler", "sample_ahead", "set_rank", "shutdown", "start", "stop", "sum_over_ranks",
-           "this_rank"]
+           "full_state_dict", "full_weights", "is_writer", "launch", "lockstep", "own_dir", "rank_rows",
+           "reduce_gradients", "reward_scorer", "rollout_sampler", "sample_ahead", "set_rank", "shard",
+           "sharded", "shutdown", "start", "stop", "sum_over_ranks", "this_rank", "through_root"]
