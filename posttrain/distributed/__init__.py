@@ -41,23 +41,35 @@ class ClusterError(PosttrainError):
 
 
 class _Session:
-    """The cluster of the run in progress (one at a time per process), its reward and rollout pools."""
+    """The cluster of the run in progress (one at a time per process), its reward and rollout pools. On
+    a trainer rank: the pools the driver placed (``use_workers``) and no cluster of its own."""
 
-    def __init__(self, config: ClusterConfig, model: Any) -> None:
-        from posttrain.distributed.cluster import Cluster
-        from posttrain.distributed.reward_workers import RewardPool
-        from posttrain.distributed.rollout_workers import RolloutPool
+    def __init__(self, config: ClusterConfig, cluster: Any, reward_pool: Any, rollout_pool: Any) -> None:
+        self.config, self.cluster, self.depth = config, cluster, 1
+        self.reward_pool, self.rollout_pool = reward_pool, rollout_pool
 
-        self.config = config
-        self.depth = 1
-        self.cluster = Cluster(config)
+    @classmethod
+    def start(cls, config: ClusterConfig, model: Any) -> _Session:
+        from posttrain.distributed.cluster import Cluster, roles
+
+        cluster = Cluster(config)
         try:
-            self.reward_pool = RewardPool(self.cluster, config) if config.reward_workers else None
-            wants_rollouts = config.rollout_workers and model is not None
-            self.rollout_pool = RolloutPool(self.cluster, config, model) if wants_rollouts else None
+            cluster.check_fits(roles(config, trainers=False, rollouts=model is not None))
+            return cls(config, cluster, *place_workers(cluster, config, model))
         except BaseException:
-            self.cluster.stop()
+            cluster.stop()
             raise
+
+
+def place_workers(cluster: Any, config: ClusterConfig, model: Any) -> tuple[Any, Any]:
+    """The run's reward pool and rollout pool on ``cluster`` (None where ``config`` asks for none; no
+    rollout workers without a ``model`` config to load the policy from)."""
+    from posttrain.distributed.reward_workers import RewardPool
+    from posttrain.distributed.rollout_workers import RolloutPool
+
+    reward_pool = RewardPool(cluster, config) if config.reward_workers else None
+    wants_rollouts = config.rollout_workers and model is not None
+    return reward_pool, RolloutPool(cluster, config, model) if wants_rollouts else None
 
 
 _session: _Session | None = None
@@ -185,13 +197,13 @@ def start(config: Any) -> None:
         return
     shutdown()
     if wanted:
-        _session = _Session(cluster, getattr(config, "model", None))
+        _session = _Session.start(cluster, getattr(config, "model", None))
 
 
 def stop() -> None:
     """End the current run's use of the cluster: when the outermost run ends, its actors go and a
-    cluster it started stops."""
-    if _session is not None:
+    cluster it started stops. Nothing on a trainer rank: its workers are the driver's (``use_workers``)."""
+    if _session is not None and _rank.world == 1:
         _session.depth -= 1
         if _session.depth <= 0:
             shutdown()
@@ -201,14 +213,22 @@ def shutdown() -> None:
     """End the session now, however many runs share it (a run that raised never called ``stop``)."""
     global _session
     session, _session = _session, None
-    if session is not None:
+    if session is not None and session.cluster is not None:
         session.cluster.stop()
+
+
+def use_workers(config: ClusterConfig, reward_pool: Any, rollout_pool: Any) -> None:
+    """On a trainer rank (``trainers.run_recipe``), around the recipe: the reward and rollout pools the
+    driver placed. Rank 0 alone calls them and broadcasts what they return, so every rank trains on the
+    same rollouts and scores and none samples or scores the whole batch itself."""
+    global _session
+    _session = _Session(config, None, reward_pool, rollout_pool) if reward_pool or rollout_pool else None
 
 
 def reward_scorer() -> Scorer:
     """What scores a batch of completions now: the run's reward workers, or this process."""
     if _session is not None and _session.reward_pool is not None:
-        return _session.reward_pool.score
+        return _on_writer(_session.reward_pool.score) if _rank.world > 1 else _session.reward_pool.score
     from posttrain.rewards.base import score_completions
 
     return score_completions
@@ -218,16 +238,35 @@ def rollout_sampler() -> Callable[..., Any]:
     """What samples rollouts now: the run's rollout workers, or ``posttrain.rollout.generate`` in this
     process (both take ``generate``'s arguments and return ``Rollouts``)."""
     if _session is not None and _session.rollout_pool is not None:
-        return _session.rollout_pool.generate
+        pool = _session.rollout_pool
+        return _sample_on_writer(pool) if _rank.world > 1 else pool.generate
     from posttrain.rollout import generate
 
     return generate
 
 
+def _on_writer(call: Callable[..., T]) -> Callable[..., T]:
+    """``call`` made by the writer (rank 0) alone, its result broadcast to every rank."""
+    return lambda *args, **kwargs: from_writer(lambda: call(*args, **kwargs))
+
+
+def _sample_on_writer(pool: Any) -> Callable[..., Any]:
+    """``pool.generate`` made by the writer alone, its rollouts broadcast to every rank. The seed, when
+    the call has none, is drawn on every rank, so that each rank's global RNG moves as one process's."""
+    from posttrain.distributed.rollout_workers import with_seed
+
+    def sample(model: Any, tokenizer: Any, prompts: list[Any], n: int, sampling: Any, **options: Any) -> Any:
+        seeded = with_seed(sampling)
+        return from_writer(lambda: pool.generate(model, tokenizer, prompts, n, seeded, **options))
+
+    return sample
+
+
 def check_on_policy(model: Any, rollouts: Any) -> None:
     """Raise a ClusterError when ``rollouts`` were sampled with other weights than ``model``'s current
-    ones (a weight version behind): training stays on-policy. Nothing to check in one process."""
-    if _session is None or _session.rollout_pool is None:
+    ones (a weight version behind): training stays on-policy. Nothing to check in one process, nor on
+    a trainer rank but the writer, which alone pushes the weights and holds their versions."""
+    if _session is None or _session.rollout_pool is None or not is_writer():
         return
     current = _session.rollout_pool.version_of(model)
     if rollouts.weight_version != current:
@@ -239,5 +278,6 @@ def check_on_policy(model: Any, rollouts: Any) -> None:
 
 
 __all__ = ["ClusterError", "Rank", "Scorer", "barrier", "check_launched", "check_on_policy", "from_writer",
-           "is_writer", "launch", "own_dir", "rank_rows", "reduce_gradients", "reward_scorer",
-           "rollout_sampler", "set_rank", "shutdown", "start", "stop", "sum_over_ranks", "this_rank"]
+           "is_writer", "launch", "own_dir", "place_workers", "rank_rows", "reduce_gradients",
+           "reward_scorer", "rollout_sampler", "set_rank", "shutdown", "start", "stop", "sum_over_ranks",
+           "this_rank", "use_workers"]

@@ -92,12 +92,20 @@ def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
             params[name].copy_(values)
 
 
+def with_seed(sampling: SamplingParams) -> SamplingParams:
+    """``sampling`` with a seed: its own, or one drawn from torch's global RNG as the engine draws it, so
+    that the global RNG moves as in one process."""
+    if sampling.seed is not None:
+        return sampling
+    return dataclasses.replace(sampling, seed=int(torch.randint(2**62, (1,)).item()))
+
+
 class RolloutPool:
     """``cluster.rollout_workers`` rollout workers placed on the run's cluster, and the weight version
     they were last sent."""
 
     def __init__(self, cluster: Cluster, config: ClusterConfig, model_config: ModelConfig) -> None:
-        role = Role("rollout", config.rollout_workers, config.rollout_cpus, config.rollout_gpus)
+        role = Role.of(config, "rollout")
         options = cluster.place(role)
         self.workers = [RolloutWorker.options(**option, max_restarts=RESTARTS, max_task_retries=RESTARTS)
                         .remote(index, role.cpus, model_config) for index, option in enumerate(options)]
@@ -126,8 +134,7 @@ class RolloutPool:
         docstring); ``Rollouts.weight_version`` is the version pushed for ``model``'s weights."""
         start = time.perf_counter()
         prompt_ids = checked_prompt_ids(model, tokenizer, prompts, n, sampling, max_prompt_tokens)
-        if sampling.seed is None:  # drawn as the engine draws it, so one process's global RNG moves alike
-            sampling = dataclasses.replace(sampling, seed=int(torch.randint(2**62, (1,)).item()))
+        sampling = with_seed(sampling)
         self.push(model)
         shares = share_bounds(len(prompt_ids), len(self.workers))
         pending = [worker.generate.remote(self.version, [self._weights], prompt_ids[first:stop], n, sampling,

@@ -40,7 +40,7 @@ import torch.distributed as dist
 from posttrain import distributed
 from posttrain.config import ClusterConfig
 from posttrain.distributed import ClusterError, Rank
-from posttrain.distributed.cluster import Cluster, Role, share_bounds
+from posttrain.distributed.cluster import Cluster, Role, roles, share_bounds
 from posttrain.distributed.reward_workers import pickle_by_value
 from posttrain.errors import PosttrainError
 from posttrain.training import micro_batch_weights
@@ -81,7 +81,7 @@ class TrainerGroup:
     """``cluster.trainers`` ranks placed on the run's cluster and joined in one process group."""
 
     def __init__(self, cluster: Cluster, config: ClusterConfig) -> None:
-        role = Role("trainer", config.trainers, config.trainer_cpus, config.trainer_gpus, strategy="PACK")
+        role = Role.of(config, "trainer")
         self.ranks = [TrainerRank.options(**option).remote() for option in cluster.place(role)]
         backend = "nccl" if config.trainer_gpus > 0 else "gloo"
         address = ray.get(self.ranks[0].rendezvous_address.remote())
@@ -147,10 +147,12 @@ def run_on_ranks(train: Callable[..., Any], config: Any, arguments: dict[str, An
     pickle_by_value(arguments.get("reward_fns") or [])  # a notebook's reward functions go by value
     cluster = Cluster(config.cluster)
     try:
+        cluster.check_fits(roles(config.cluster, trainers=True))  # every role at once, before any starts
         group = TrainerGroup(cluster, config.cluster)
+        workers = distributed.place_workers(cluster, config.cluster, getattr(config, "model", None))
         named = config.run.name and os.path.join(config.run.output_dir, config.run.name)
         results = group.run(run_recipe, train, config, arguments, os.getcwd(), config.cluster.sharding,
-                            run_dir=named or "RUN_DIR (the run directory printed at its start)")
+                            workers, run_dir=named or "RUN_DIR (the run directory printed at its start)")
         group.stop()
         return results[0]
     finally:
@@ -158,11 +160,12 @@ def run_on_ranks(train: Callable[..., Any], config: Any, arguments: dict[str, An
 
 
 def run_recipe(index: int, world: int, train: Callable[..., Any], config: Any, arguments: dict[str, Any],
-               cwd: str, sharding: str) -> Any:
+               cwd: str, sharding: str, workers: tuple[Any, Any] = (None, None)) -> Any:
     """On a rank: ``train(config, **arguments)`` in the driver's working folder (relative data and
     output paths mean the same; on several machines they must be on a shared file system), rank 0
-    printing for all."""
+    printing for all and driving the run's reward and rollout ``workers`` for all."""
     distributed.set_rank(Rank(index, world, sharding))
+    distributed.use_workers(config.cluster, *workers)
     os.chdir(cwd)
     stdout = sys.stdout
     if index > 0:
@@ -174,6 +177,7 @@ def run_recipe(index: int, world: int, train: Callable[..., Any], config: Any, a
             sys.stdout.close()
             sys.stdout = stdout
         distributed.set_rank(Rank())
+        distributed.use_workers(config.cluster, None, None)
         remove_scratch()
 
 
