@@ -14,11 +14,13 @@ What runs on a cluster: reward workers (reward functions and the code sandbox), 
 ``cluster.trainers > 1`` the recipe itself on trainer ranks (``trainers.py``). ``launch(train, config)``
 (the CLI calls it) runs the recipe's unchanged ``train`` on every rank of one torch.distributed group,
 torchrun-style (as OpenRLHF's and verl's trainer actors do): each rank holds the same batch and backs
-its own share of the rows. The recipe meets the ranks only through the seams below, which are plain
-no-ops in one process: ``rank_rows`` (``training.accumulate``: this rank's rows and its part of the
-batch's loss normaliser), ``reduce_gradients`` (``Stepper.step``: gradients summed over the ranks),
-``sum_over_ranks`` (metrics of the whole batch), ``from_writer`` / ``is_writer`` / ``barrier`` (rank 0
-alone writes the run directory and checkpoints).
+its own share of the rows; rollout and reward workers, placed by the driver with the ranks, are called
+by rank 0 alone, which broadcasts their rollouts and scores (``use_workers``). The recipe meets the
+ranks only through the seams below, which are plain no-ops in one process: ``rank_rows``
+(``training.accumulate``: this rank's rows and its part of the batch's loss normaliser),
+``reduce_gradients`` (``Stepper.step``: gradients summed over the ranks), ``sum_over_ranks`` (metrics
+of the whole batch), ``from_writer`` / ``is_writer`` / ``barrier`` (rank 0 alone writes the run
+directory and checkpoints).
 """
 
 from __future__ import annotations

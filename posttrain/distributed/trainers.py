@@ -4,8 +4,10 @@
 (PACK), has rank 0 pick the rendezvous address, joins them in one process group (gloo on CPU, nccl
 when the ranks have GPUs) and calls the recipe's ``train(config, **arguments)`` on every rank, as
 torchrun would start the same script on every rank (OpenRLHF's and verl's trainer actors do the same
-inside Ray). Every rank seeds, loads and samples alike, so each holds the same batch; the seams in
-``posttrain.distributed`` make the step data-parallel:
+inside Ray). Every rank seeds, loads and samples alike, so each holds the same batch (with rollout or
+reward workers, which the driver places with the ranks, rank 0 alone has them sample and score and
+broadcasts the results: ``distributed.use_workers``); the seams in ``posttrain.distributed`` make the
+step data-parallel:
 
 - ``rank_rows``: ``training.accumulate`` backs only this rank's contiguous share of the rows, its
   loss weighted by the share's part of the batch's normaliser (its tokens for ``token_mean``, rows
