@@ -121,28 +121,29 @@ class Cluster:
                      placement_group=group, placement_group_bundle_index=index)}
                 for index in range(role.count)]
 
-    def check_fits(self, roles: list[Role]) -> None:
-        """Raise ClusterError at once when the cluster could never hold ``roles`` together: their
-        resources summed exceed its totals, or one worker's share exceeds every node."""
+    def check_fits(self, wanted: list[Role]) -> None:
+        """Raise ClusterError at once when the cluster could never hold the ``wanted`` roles together:
+        their resources summed exceed its totals, or one worker's share exceeds every node."""
         total = ray.cluster_resources()
         nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
         asks: dict[str, float] = {}
-        for role in roles:
+        for role in wanted:
             for key, value in role.bundle.items():
                 asks[key] = asks.get(key, 0.0) + value * role.count
         short = [key for key, value in asks.items() if value > total.get(key, 0.0)]
-        too_big = [role for role in roles
+        too_big = [role for role in wanted
                    if not any(all(node.get(k, 0.0) >= v for k, v in role.bundle.items()) for node in nodes)]
         if not short and not too_big:
             return
         why = (f"{' and '.join(f'{asks[k]:g} {k}' for k in short)} in all" if short
                else f"a node with one worker's share ({too_big[0].name})")
-        keys = " or ".join(f"cluster.{role.count_key}" for role in roles)
+        counts = ", ".join(f"cluster.{role.count_key}" for role in wanted)
+        shares = ", ".join(f"cluster.{role.name}_cpus / _gpus" for role in wanted)
         raise ClusterError(
-            f"the run asks for {', '.join(role.describe() for role in roles)}, that is {why}, but the Ray "
+            f"the run asks for {', '.join(role.describe() for role in wanted)}, that is {why}, but the Ray "
             f"cluster at {self.address!r} has {_resources(total)} in all ({len(nodes)} node(s): "
-            f"{'; '.join(_resources(node) for node in nodes)}). Lower {keys} or their _cpus / _gpus, "
-            "or add a node (`ray start --address HOST:PORT` on another machine)")
+            f"{'; '.join(_resources(node) for node in nodes)}). Lower {counts} (how many) or {shares} "
+            "(each one's share), or add a node (`ray start --address HOST:PORT` on another machine)")
 
     def stop(self) -> None:
         """Release the run's placement groups (their actors end with them) and disconnect, unless the
