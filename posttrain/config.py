@@ -293,14 +293,14 @@ class ClusterConfig:
         if wanted and not address:
             problems.append(f"{', '.join(wanted)} needs a Ray cluster: set cluster.address to local (start "
                             "one on this machine), auto or ray://host:port (join a running one)")
-        if self.trainers > 1 and self.rollout_workers > 0:  # said plainly rather than silently ignored
-            problems.append(f"trainers={self.trainers} with rollout_workers={self.rollout_workers}: not "
-                            "implemented yet; each trainer rank samples its batch itself (set "
-                            "cluster.rollout_workers=0, or cluster.trainers=1)")
-        if self.trainers > 1 and self.reward_workers > 0:
-            problems.append(f"trainers={self.trainers} with reward_workers={self.reward_workers}: not "
-                            "implemented yet; each trainer rank scores its batch itself (set "
-                            "cluster.reward_workers=0, or cluster.trainers=1)")
+        if self.trainers > 1 and self.sharding == "fsdp" and self.rollout_workers > 0:
+            problems.append(f"sharding=fsdp with rollout_workers={self.rollout_workers}: not implemented "
+                            "yet; rank 0 pushes the weights it holds, and with fsdp it holds a shard (use "
+                            "cluster.sharding=ddp, or cluster.rollout_workers=0)")
+        if self.trainers > 1 and self.max_staleness > 0:
+            problems.append(f"max_staleness={self.max_staleness} with trainers={self.trainers}: not "
+                            "implemented yet; sampling ahead runs with one trainer (set "
+                            "cluster.max_staleness=0, or cluster.trainers=1)")
         return problems
 
 

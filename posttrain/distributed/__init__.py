@@ -15,13 +15,15 @@ What runs on a cluster: reward workers (reward functions and the code sandbox), 
 ``cluster.trainers > 1`` the recipe itself on trainer ranks (``trainers.py``). ``launch(train, config)``
 (the CLI calls it) runs the recipe's unchanged ``train`` on every rank of one torch.distributed group,
 torchrun-style (as OpenRLHF's and verl's trainer actors do): each rank holds the same batch and backs
-its own share of the rows. The recipe meets the ranks only through the seams below, which are plain
-no-ops in one process: ``rank_rows`` (``training.accumulate``: this rank's rows and its part of the
-batch's loss normaliser), ``reduce_gradients`` (``Stepper.step``: gradients summed over the ranks),
-``sum_over_ranks`` (metrics of the whole batch), ``from_writer`` / ``is_writer`` / ``barrier`` (rank 0
-alone writes the run directory and checkpoints). With ``cluster.sharding: fsdp`` (``fsdp.py``) a few more:
-``shard`` (the policy split over the ranks), ``through_root`` (the log-prob code's forward, so the
-weights are gathered), ``full_weights`` (sampling), ``lockstep`` (as many micro-batches on every rank),
+its own share of the rows; rollout and reward workers, placed by the driver with the ranks, are called
+by rank 0 alone, which broadcasts their rollouts and scores (``use_workers``). The recipe meets the
+ranks only through the seams below, which are plain no-ops in one process: ``rank_rows``
+(``training.accumulate``: this rank's rows and its part of the batch's loss normaliser),
+``reduce_gradients`` (``Stepper.step``: gradients summed over the ranks), ``sum_over_ranks`` (metrics
+of the whole batch), ``from_writer`` / ``is_writer`` / ``barrier`` (rank 0 alone writes the run
+directory and checkpoints). With ``cluster.sharding: fsdp`` (``fsdp.py``) a few more: ``shard`` (the
+policy split over the ranks), ``through_root`` (the log-prob code's forward, so the weights are
+gathered), ``full_weights`` (sampling), ``lockstep`` (as many micro-batches on every rank),
 ``full_state_dict`` (final/); checkpoint.py writes and reads sharded checkpoints through ``fsdp.py``.
 """
 
@@ -46,23 +48,35 @@ class ClusterError(PosttrainError):
 
 
 class _Session:
-    """The cluster of the run in progress (one at a time per process), its reward and rollout pools."""
+    """The cluster of the run in progress (one at a time per process), its reward and rollout pools. On
+    a trainer rank: the pools the driver placed (``use_workers``) and no cluster of its own."""
 
-    def __init__(self, config: ClusterConfig, model: Any) -> None:
-        from posttrain.distributed.cluster import Cluster
-        from posttrain.distributed.reward_workers import RewardPool
-        from posttrain.distributed.rollout_workers import RolloutPool
+    def __init__(self, config: ClusterConfig, cluster: Any, reward_pool: Any, rollout_pool: Any) -> None:
+        self.config, self.cluster, self.depth = config, cluster, 1
+        self.reward_pool, self.rollout_pool = reward_pool, rollout_pool
 
-        self.config = config
-        self.depth = 1
-        self.cluster = Cluster(config)
+    @classmethod
+    def start(cls, config: ClusterConfig, model: Any) -> _Session:
+        from posttrain.distributed.cluster import Cluster, roles
+
+        cluster = Cluster(config)
         try:
-            self.reward_pool = RewardPool(self.cluster, config) if config.reward_workers else None
-            wants_rollouts = config.rollout_workers and model is not None
-            self.rollout_pool = RolloutPool(self.cluster, config, model) if wants_rollouts else None
+            cluster.check_fits(roles(config, trainers=False, rollouts=model is not None))
+            return cls(config, cluster, *place_workers(cluster, config, model))
         except BaseException:
-            self.cluster.stop()
+            cluster.stop()
             raise
+
+
+def place_workers(cluster: Any, config: ClusterConfig, model: Any) -> tuple[Any, Any]:
+    """The run's reward pool and rollout pool on ``cluster`` (None where ``config`` asks for none; no
+    rollout workers without a ``model`` config to load the policy from)."""
+    from posttrain.distributed.reward_workers import RewardPool
+    from posttrain.distributed.rollout_workers import RolloutPool
+
+    reward_pool = RewardPool(cluster, config) if config.reward_workers else None
+    wants_rollouts = config.rollout_workers and model is not None
+    return reward_pool, RolloutPool(cluster, config, model) if wants_rollouts else None
 
 
 _session: _Session | None = None
@@ -247,13 +261,13 @@ def start(config: Any) -> None:
         return
     shutdown()
     if wanted:
-        _session = _Session(cluster, getattr(config, "model", None))
+        _session = _Session.start(cluster, getattr(config, "model", None))
 
 
 def stop() -> None:
     """End the current run's use of the cluster: when the outermost run ends, its actors go and a
-    cluster it started stops."""
-    if _session is not None:
+    cluster it started stops. Nothing on a trainer rank: its workers are the driver's (``use_workers``)."""
+    if _session is not None and _rank.world == 1:
         _session.depth -= 1
         if _session.depth <= 0:
             shutdown()
@@ -263,14 +277,22 @@ def shutdown() -> None:
     """End the session now, however many runs share it (a run that raised never called ``stop``)."""
     global _session
     session, _session = _session, None
-    if session is not None:
+    if session is not None and session.cluster is not None:
         session.cluster.stop()
+
+
+def use_workers(config: ClusterConfig, reward_pool: Any, rollout_pool: Any) -> None:
+    """On a trainer rank (``trainers.run_recipe``), around the recipe: the reward and rollout pools the
+    driver placed. Rank 0 alone calls them and broadcasts what they return, so every rank trains on the
+    same rollouts and scores and none samples or scores the whole batch itself."""
+    global _session
+    _session = _Session(config, None, reward_pool, rollout_pool) if reward_pool or rollout_pool else None
 
 
 def reward_scorer() -> Scorer:
     """What scores a batch of completions now: the run's reward workers, or this process."""
     if _session is not None and _session.reward_pool is not None:
-        return _session.reward_pool.score
+        return _on_writer(_session.reward_pool.score) if _rank.world > 1 else _session.reward_pool.score
     from posttrain.rewards.base import score_completions
 
     return score_completions
@@ -280,7 +302,8 @@ def rollout_sampler() -> Callable[..., Any]:
     """What samples rollouts now: the run's rollout workers, or ``posttrain.rollout.generate`` in this
     process (both take ``generate``'s arguments and return ``Rollouts``)."""
     if _session is not None and _session.rollout_pool is not None:
-        return _session.rollout_pool.generate
+        pool = _session.rollout_pool
+        return _sample_on_writer(pool) if _rank.world > 1 else pool.generate
     from posttrain.rollout import generate
 
     if sharded():  # the engine reads the weights directly: gathered whole for each call
@@ -299,11 +322,29 @@ def sample_ahead(model: Any, tokenizer: Any, prompts: list[Any], n: int, samplin
         _session.rollout_pool.sample_ahead(model, tokenizer, prompts, n, sampling, **options)
 
 
+def _on_writer(call: Callable[..., T]) -> Callable[..., T]:
+    """``call`` made by the writer (rank 0) alone, its result broadcast to every rank."""
+    return lambda *args, **kwargs: from_writer(lambda: call(*args, **kwargs))
+
+
+def _sample_on_writer(pool: Any) -> Callable[..., Any]:
+    """``pool.generate`` made by the writer alone, its rollouts broadcast to every rank. The seed, when
+    the call has none, is drawn on every rank, so that each rank's global RNG moves as one process's."""
+    from posttrain.distributed.rollout_workers import with_seed
+
+    def sample(model: Any, tokenizer: Any, prompts: list[Any], n: int, sampling: Any, **options: Any) -> Any:
+        seeded = with_seed(sampling)
+        return from_writer(lambda: pool.generate(model, tokenizer, prompts, n, seeded, **options))
+
+    return sample
+
+
 def check_on_policy(model: Any, rollouts: Any) -> None:
     """Raise a ClusterError when ``rollouts`` were sampled more than ``cluster.max_staleness`` weight
     versions (default 0) behind ``model``'s current weights, and set ``rollouts.staleness`` to how many
-    they are. Nothing to check in one process."""
-    if _session is None or _session.rollout_pool is None:
+    they are. Nothing to check in one process, nor on a trainer rank but the writer, which alone pushes
+    the weights and holds their versions."""
+    if _session is None or _session.rollout_pool is None or not is_writer():
         return
     current = _session.rollout_pool.version_of(model)
     behind, allowed = current - rollouts.weight_version, _session.config.max_staleness
@@ -318,6 +359,7 @@ def check_on_policy(model: Any, rollouts: Any) -> None:
 
 
 __all__ = ["ClusterError", "Rank", "Scorer", "barrier", "check_launched", "check_on_policy", "from_writer",
-           "full_state_dict", "full_weights", "is_writer", "launch", "lockstep", "own_dir", "rank_rows",
-           "reduce_gradients", "reward_scorer", "rollout_sampler", "sample_ahead", "set_rank", "shard",
-           "sharded", "shutdown", "start", "stop", "sum_over_ranks", "this_rank", "through_root"]
+           "full_state_dict", "full_weights", "is_writer", "launch", "lockstep", "own_dir", "place_workers",
+           "rank_rows", "reduce_gradients", "reward_scorer", "rollout_sampler", "sample_ahead", "set_rank",
+           "shard", "sharded", "shutdown", "start", "stop", "sum_over_ranks", "this_rank", "through_root",
+           "use_workers"]

@@ -51,6 +51,20 @@ class Role:
     def count_key(self) -> str:
         return "trainers" if self.name == "trainer" else f"{self.name}_workers"
 
+    @classmethod
+    def of(cls, config: ClusterConfig, name: str) -> Role:
+        """The role ``name`` (trainer, rollout, reward) as ``config`` asks for it; trainer ranks PACK."""
+        count = config.trainers if name == "trainer" else getattr(config, f"{name}_workers")
+        return cls(name, count, getattr(config, f"{name}_cpus"), getattr(config, f"{name}_gpus"),
+                   strategy="PACK" if name == "trainer" else "SPREAD")
+
+
+def roles(config: ClusterConfig, trainers: bool, rollouts: bool = True) -> list[Role]:
+    """The roles a run of ``config`` places: its trainer ranks (when ``trainers``), rollout workers (when
+    ``rollouts``: a run with a model to sample from) and reward workers, each only when asked for."""
+    wanted = [("trainer", trainers), ("rollout", rollouts), ("reward", True)]
+    return [role for name, asked in wanted if asked and (role := Role.of(config, name)).count > 0]
+
 
 def _resources(resources: dict[str, float]) -> str:
     shown = {key: resources.get(key, 0.0) for key in ("CPU", "GPU")}
@@ -86,20 +100,10 @@ class Cluster:
         """Reserve ``role``'s resources; returns the ``.options(...)`` of each of its actors. Raises
         ClusterError at once when the cluster could never hold the role, and after
         ``placement_timeout_s`` when it cannot now."""
+        self.check_fits([role])
         total = ray.cluster_resources()
         nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-        asks = {key: value * role.count for key, value in role.bundle.items()}
-        short = [key for key, value in asks.items() if value > total.get(key, 0.0)]
-        too_big = not any(all(node.get(k, 0.0) >= v for k, v in role.bundle.items()) for node in nodes)
         sizes = "; ".join(_resources(node) for node in nodes)
-        if short or too_big:
-            why = (f"{' and '.join(f'{asks[k]:g} {k}' for k in short)} in all" if short
-                   else "a node with one worker's share")
-            raise ClusterError(
-                f"the run asks for {role.describe()}, that is {why}, but the Ray cluster at "
-                f"{self.address!r} has {_resources(total)} in all ({len(nodes)} node(s): {sizes}). Lower "
-                f"cluster.{role.count_key} or cluster.{role.name}_cpus / _gpus, or add a node "
-                "(`ray start --address HOST:PORT` on another machine)")
         group = placement_group([role.bundle] * role.count, strategy=role.strategy)
         try:
             ray.get(group.ready(), timeout=self.config.placement_timeout_s)
@@ -116,6 +120,30 @@ class Cluster:
                  "scheduling_strategy": PlacementGroupSchedulingStrategy(
                      placement_group=group, placement_group_bundle_index=index)}
                 for index in range(role.count)]
+
+    def check_fits(self, wanted: list[Role]) -> None:
+        """Raise ClusterError at once when the cluster could never hold the ``wanted`` roles together:
+        their resources summed exceed its totals, or one worker's share exceeds every node."""
+        total = ray.cluster_resources()
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        asks: dict[str, float] = {}
+        for role in wanted:
+            for key, value in role.bundle.items():
+                asks[key] = asks.get(key, 0.0) + value * role.count
+        short = [key for key, value in asks.items() if value > total.get(key, 0.0)]
+        too_big = [role for role in wanted
+                   if not any(all(node.get(k, 0.0) >= v for k, v in role.bundle.items()) for node in nodes)]
+        if not short and not too_big:
+            return
+        why = (f"{' and '.join(f'{asks[k]:g} {k}' for k in short)} in all" if short
+               else f"a node with one worker's share ({too_big[0].name})")
+        counts = ", ".join(f"cluster.{role.count_key}" for role in wanted)
+        shares = ", ".join(f"cluster.{role.name}_cpus / _gpus" for role in wanted)
+        raise ClusterError(
+            f"the run asks for {', '.join(role.describe() for role in wanted)}, that is {why}, but the Ray "
+            f"cluster at {self.address!r} has {_resources(total)} in all ({len(nodes)} node(s): "
+            f"{'; '.join(_resources(node) for node in nodes)}). Lower {counts} (how many) or {shares} "
+            "(each one's share), or add a node (`ray start --address HOST:PORT` on another machine)")
 
     def stop(self) -> None:
         """Release the run's placement groups (their actors end with them) and disconnect, unless the

@@ -57,7 +57,7 @@ class RewardPool:
     """``cluster.reward_workers`` reward workers placed on the run's cluster."""
 
     def __init__(self, cluster: Cluster, config: ClusterConfig) -> None:
-        role = Role("reward", config.reward_workers, config.reward_cpus, config.reward_gpus)
+        role = Role.of(config, "reward")
         options = cluster.place(role)
         self._sent: tuple[list[Any], Any] | None = None  # the reward functions last sent, and their object
         self.workers = [RewardWorker.options(**option, max_restarts=RESTARTS, max_task_retries=RESTARTS)

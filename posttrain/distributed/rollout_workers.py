@@ -100,6 +100,14 @@ def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
             params[name].copy_(values)
 
 
+def with_seed(sampling: SamplingParams) -> SamplingParams:
+    """``sampling`` with a seed: its own, or one drawn from torch's global RNG as the engine draws it, so
+    that the global RNG moves as in one process."""
+    if sampling.seed is not None:
+        return sampling
+    return dataclasses.replace(sampling, seed=int(torch.randint(2**62, (1,)).item()))
+
+
 @dataclass
 class _Submitted:
     """Shares being sampled: the call they answer, the weight version sent, one object per share."""
@@ -115,7 +123,7 @@ class RolloutPool:
     they were last sent, and the shares sampled ahead (if any)."""
 
     def __init__(self, cluster: Cluster, config: ClusterConfig, model_config: ModelConfig) -> None:
-        role = Role("rollout", config.rollout_workers, config.rollout_cpus, config.rollout_gpus)
+        role = Role.of(config, "rollout")
         options = cluster.place(role)
         self.workers = [RolloutWorker.options(**option, max_restarts=RESTARTS, max_task_retries=RESTARTS)
                         .remote(index, role.cpus, model_config) for index, option in enumerate(options)]

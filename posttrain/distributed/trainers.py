@@ -4,8 +4,10 @@
 (PACK), has rank 0 pick the rendezvous address, joins them in one process group (gloo on CPU, nccl
 when the ranks have GPUs) and calls the recipe's ``train(config, **arguments)`` on every rank, as
 torchrun would start the same script on every rank (OpenRLHF's and verl's trainer actors do the same
-inside Ray). Every rank seeds, loads and samples alike, so each holds the same batch; the seams in
-``posttrain.distributed`` make the step data-parallel:
+inside Ray). Every rank seeds, loads and samples alike, so each holds the same batch (with rollout or
+reward workers, which the driver places with the ranks, rank 0 alone has them sample and score and
+broadcasts the results: ``distributed.use_workers``); the seams in ``posttrain.distributed`` make the
+step data-parallel:
 
 - ``rank_rows``: ``training.accumulate`` backs only this rank's contiguous share of the rows, its
   loss weighted by the share's part of the batch's normaliser (its tokens for ``token_mean``, rows
@@ -41,7 +43,7 @@ import torch.distributed as dist
 from posttrain import distributed
 from posttrain.config import ClusterConfig
 from posttrain.distributed import ClusterError, Rank
-from posttrain.distributed.cluster import Cluster, Role, share_bounds
+from posttrain.distributed.cluster import Cluster, Role, roles, share_bounds
 from posttrain.distributed.reward_workers import pickle_by_value
 from posttrain.errors import PosttrainError
 from posttrain.training import micro_batch_weights
@@ -82,7 +84,7 @@ class TrainerGroup:
     """``cluster.trainers`` ranks placed on the run's cluster and joined in one process group."""
 
     def __init__(self, cluster: Cluster, config: ClusterConfig) -> None:
-        role = Role("trainer", config.trainers, config.trainer_cpus, config.trainer_gpus, strategy="PACK")
+        role = Role.of(config, "trainer")
         self.ranks = [TrainerRank.options(**option).remote() for option in cluster.place(role)]
         backend = "nccl" if config.trainer_gpus > 0 else "gloo"
         address = ray.get(self.ranks[0].rendezvous_address.remote())
@@ -148,10 +150,12 @@ def run_on_ranks(train: Callable[..., Any], config: Any, arguments: dict[str, An
     pickle_by_value(arguments.get("reward_fns") or [])  # a notebook's reward functions go by value
     cluster = Cluster(config.cluster)
     try:
+        cluster.check_fits(roles(config.cluster, trainers=True))  # every role at once, before any starts
         group = TrainerGroup(cluster, config.cluster)
+        workers = distributed.place_workers(cluster, config.cluster, getattr(config, "model", None))
         named = config.run.name and os.path.join(config.run.output_dir, config.run.name)
         results = group.run(run_recipe, train, config, arguments, os.getcwd(), config.cluster.sharding,
-                            run_dir=named or "RUN_DIR (the run directory printed at its start)")
+                            workers, run_dir=named or "RUN_DIR (the run directory printed at its start)")
         group.stop()
         return results[0]
     finally:
@@ -159,11 +163,12 @@ def run_on_ranks(train: Callable[..., Any], config: Any, arguments: dict[str, An
 
 
 def run_recipe(index: int, world: int, train: Callable[..., Any], config: Any, arguments: dict[str, Any],
-               cwd: str, sharding: str) -> Any:
+               cwd: str, sharding: str, workers: tuple[Any, Any] = (None, None)) -> Any:
     """On a rank: ``train(config, **arguments)`` in the driver's working folder (relative data and
     output paths mean the same; on several machines they must be on a shared file system), rank 0
-    printing for all."""
+    printing for all and driving the run's reward and rollout ``workers`` for all."""
     distributed.set_rank(Rank(index, world, sharding))
+    distributed.use_workers(config.cluster, *workers)
     os.chdir(cwd)
     stdout = sys.stdout
     if index > 0:
@@ -175,6 +180,7 @@ def run_recipe(index: int, world: int, train: Callable[..., Any], config: Any, a
             sys.stdout.close()
             sys.stdout = stdout
         distributed.set_rank(Rank())
+        distributed.use_workers(config.cluster, None, None)
         remove_scratch()
 
 
