@@ -251,3 +251,16 @@ def test_hacked_rounds_config_starts_from_ppo_arithmetic_and_retrains_on_all_lab
     assert stages["label_2"].config.model == stages["ppo_2"].config.model.name == str(p / "ppo_1" / "final")
     assert stages["ppo_2"].config.rewards[0] == f"reward_model:{p / 'rm_2' / 'final'}"
     assert stages["judge_1"].config.judge == stages["label_2"].config.labeller
+
+
+def test_the_plain_config_judges_with_its_labeller_on_plain_prompts_and_guards_check(tmp_path: Path) -> None:
+    config = load_config(pipeline.Config, ROOT / "configs" / "rlhf-judged-plain.yaml")
+    stages = {s.name: s for s in pipeline.plan(config, tmp_path / "p")}
+    labeller = stages["label"].config.labeller
+    assert labeller == "examples/labeller.py:plain_right_answer"
+    for policy in ("ppo", "grpo"):
+        trained, judged = stages[policy].config, stages[f"judge_{policy}"].config
+        assert judged.judge == labeller
+        assert judged.options["style"] == trained.data.options["style"] == "plain"
+        assert trained.rewards[1:] == ["task_correct"] and trained.reward_weights == [1, 0]  # measured only
+        assert trained.health.guard == "eval/reward/task_correct"
