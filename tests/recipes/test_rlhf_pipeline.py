@@ -258,9 +258,10 @@ def test_the_plain_config_judges_with_its_labeller_on_plain_prompts_and_guards_c
     stages = {s.name: s for s in pipeline.plan(config, tmp_path / "p")}
     labeller = stages["label"].config.labeller
     assert labeller == "examples/labeller.py:plain_right_answer"
-    for policy in ("ppo", "grpo"):
+    # check() is logged as eval/reward/task_correct by PPO and as eval/accuracy by GRPO
+    for policy, guard in (("ppo", "eval/reward/task_correct"), ("grpo", "eval/accuracy")):
         trained, judged = stages[policy].config, stages[f"judge_{policy}"].config
         assert judged.judge == labeller
         assert judged.options["style"] == trained.data.options["style"] == "plain"
         assert trained.rewards[1:] == ["task_correct"] and trained.reward_weights == [1, 0]  # measured only
-        assert trained.health.guard == "eval/reward/task_correct"
+        assert trained.health.guard == guard
