@@ -130,3 +130,29 @@ def correct_answer(prompt: str, answer_a: str, answer_b: str) -> str:
     row = {"answer": a + b if op == "+" else a - b if op == "-" else a * b, "style": "plain"}
     right_a, right_b = arithmetic.check(answer_a, row), arithmetic.check(answer_b, row)
     return "a" if right_a > right_b else "b" if right_b > right_a else "tie"
+
+
+# ----------------------------------------------------------------------------- arithmetic: right, then plain
+
+_NO_WORDS = re.compile(r"[\d\s+\-*/=().,]+")
+
+
+def plainness(reply: str) -> int:
+    """3 the result alone or the problem's equation ending in it ("56", "7 * 8 = 56"), one line and no
+    words; 2 one line with words ("The answer is 56."); 1 several lines; 0 empty."""
+    lines = len([line for line in reply.strip().splitlines() if line.strip()])
+    if lines != 1:
+        return min(lines, 1)
+    return 3 if _NO_WORDS.fullmatch(reply.strip()) else 2
+
+
+def plain_right_answer(prompt: str, answer_a: str, answer_b: str) -> str:
+    """The labeller of configs/rlhf-judged-plain.yaml, a preference people give on "What is 7 * 8?
+    Answer with just the number.": the right result first (``correct_answer``: a wrong answer loses
+    to a right one whatever its form), then the plainer reply (``plainness``: the result in one line
+    without preamble beats a sentence, which beats several lines); equal on both, a tie."""
+    said = correct_answer(prompt, answer_a, answer_b)
+    if said != "tie":
+        return said
+    tier_a, tier_b = plainness(answer_a), plainness(answer_b)
+    return "a" if tier_a > tier_b else "b" if tier_b > tier_a else "tie"

@@ -13,11 +13,11 @@ import yaml
 
 from posttrain.collect import label
 from posttrain.collect.db import Collection, prompt_key
-from posttrain.config import load_config
+from posttrain.config import load_config, to_dict
 from posttrain.data.formats import load_rows
 from posttrain.errors import ConfigError
 from posttrain.eval.judge import JudgeError
-from posttrain.recipes import pipeline
+from posttrain.recipes import pipeline, ppo
 
 ROOT = Path(__file__).resolve().parents[2]
 SHORTER = ("def shorter(prompt, answer_a, answer_b):\n"
@@ -186,6 +186,16 @@ def test_correct_answer_labeller_prefers_the_right_number() -> None:
         judge("Reverse the word.", "a", "b")
 
 
+def test_plain_right_answer_labeller_wants_the_right_result_then_the_plainer_reply() -> None:
+    labeller = _labeller()
+    judge, prompt = labeller.plain_right_answer, "What is 7 * 8? Answer with just the number."
+    assert [labeller.plainness(r) for r in ("56", "7 * 8 = 56.", "The answer is 56.", "56\n\nEasy!", "")] == \
+        [3, 3, 2, 1, 0]
+    assert judge(prompt, "54", "To solve this, multiply.\n\n7 * 8 = 56") == "b"  # right beats plain
+    assert judge(prompt, "The answer is 56.", "56") == "b" and judge(prompt, "54", "It is 54.") == "a"
+    assert judge(prompt, "56", "7 * 8 = 56") == "tie" and judge(prompt, "It is 56.", "So, 56.") == "tie"
+
+
 FIRST = 'What is the first word of the sentence "drum road crab"? Reply with only the answer.'
 SORT = "Sort these words alphabetically: pear, dog, apple. Reply with only the answer."
 REVERSE = 'Reverse the letters of the word "berry". Reply with only the answer.'
@@ -221,3 +231,37 @@ def test_the_sft_variant_starts_every_later_stage_from_the_sft_model(tmp_path: P
     assert stages["label"].config.model == sft == stages["ppo"].config.model.name
     assert stages["grpo"].config.model.name == sft == stages["judge_ppo"].config.baseline
     assert stages["judge_grpo"].config.judge == "examples/labeller.py:an_answer_to_this"
+
+
+def test_hacked_rounds_config_starts_from_ppo_arithmetic_and_retrains_on_all_labels(tmp_path: Path) -> None:
+    config = load_config(pipeline.Config, ROOT / "configs" / "rlhf-rounds-hacked.yaml")
+    stages = {s.name: s for s in pipeline.plan(config, tmp_path / "p")}
+    p = tmp_path / "p"
+    hacked = to_dict(load_config(ppo.Config, ROOT / "configs" / "ppo-arithmetic.yaml"))
+    round_1 = to_dict(stages["ppo_1"].config)
+    for key in set(hacked) - {"run", "rewards", "reward_weights", "health"}:  # + a weight-0 guard
+        assert round_1[key] == hacked[key], key
+    rm_1, rm_2 = stages["rm_1"].config, stages["rm_2"].config
+    assert (rm_1.data.train, rm_1.data.options["kind"], rm_1.data.train_size) == ("arithmetic", "both", 200)
+    assert stages["ppo_1"].config.rewards[0] == f"reward_model:{p / 'rm_1' / 'final'}"
+    # round 2: the original pairs again (same task, size and seed) plus the round-1 policy's labelled ones
+    assert rm_2.model.name == str(p / "rm_1" / "final") and rm_2.data.options == rm_1.data.options
+    assert rm_2.data.mix == [{"train": str(p / "label_2" / "pairs.jsonl"), "fraction": 0.5}]
+    assert rm_2.data.eval == str(p / "label_2" / "held_out_pairs.jsonl")
+    assert stages["label_2"].config.model == stages["ppo_2"].config.model.name == str(p / "ppo_1" / "final")
+    assert stages["ppo_2"].config.rewards[0] == f"reward_model:{p / 'rm_2' / 'final'}"
+    assert stages["judge_1"].config.judge == stages["label_2"].config.labeller
+
+
+def test_the_plain_config_judges_with_its_labeller_on_plain_prompts_and_guards_check(tmp_path: Path) -> None:
+    config = load_config(pipeline.Config, ROOT / "configs" / "rlhf-judged-plain.yaml")
+    stages = {s.name: s for s in pipeline.plan(config, tmp_path / "p")}
+    labeller = stages["label"].config.labeller
+    assert labeller == "examples/labeller.py:plain_right_answer"
+    # check() is logged as eval/reward/task_correct by PPO and as eval/accuracy by GRPO
+    for policy, guard in (("ppo", "eval/reward/task_correct"), ("grpo", "eval/accuracy")):
+        trained, judged = stages[policy].config, stages[f"judge_{policy}"].config
+        assert judged.judge == labeller
+        assert judged.options["style"] == trained.data.options["style"] == "plain"
+        assert trained.rewards[1:] == ["task_correct"] and trained.reward_weights == [1, 0]  # measured only
+        assert trained.health.guard == guard
