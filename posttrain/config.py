@@ -183,7 +183,7 @@ class HealthConfig:
     """reward_hacking: the held-out measure, a share in [0, 1] (eval/accuracy: the task's check() on
     held-out prompts; or e.g. rollout/reward/task_correct, a reward function given weight 0)."""
     guard_z: float = 2.0
-    """reward_hacking: standard errors by which the guard must fall (binomial, from its first value)
+    """reward_hacking: standard errors by which the guard must fall (binomial, from its best earlier value)
     and the training reward must rise (first steps vs the latest ones)."""
     reward_window: int = 5
     """reward_hacking: steps averaged at each end of the training reward's rise."""

@@ -9,8 +9,9 @@ Thresholds are ``HealthConfig`` fields (the ``health`` section of grpo, ppo and 
   (nearly) every group's rewards are equal, so group-relative advantages are 0. Says what those
   groups scored (rollout/zero_std_reward/<function>: all 0, all 1, or the mean).
 - ``reward_hacking``: at a step where the guard (``guard``, default eval/accuracy: the task's
-  check() on held-out prompts) is measured, it has fallen from its first value by ``guard_z``
-  standard errors while the training reward (rollout/reward) rose by ``guard_z`` standard errors.
+  check() on held-out prompts) is measured, it has fallen from its best earlier value (the first
+  of equal ones) by ``guard_z`` standard errors while the training reward (rollout/reward) rose by
+  ``guard_z`` standard errors.
   The guard's noise is binomial: z = (p0 - p1) / sqrt(p0(1-p0)/n0 + p1(1-p1)/n1), n the problems
   (eval/problems) or samples (rollout/samples) it was measured on. The reward's rise is Welch's z of
   the mean of the first ``reward_window`` steps against the last ones up to that step (each window
@@ -167,10 +168,11 @@ def reward_hacking(history: list[Row], guard: str, z: float, window: int,
     if len(guard_s) < 2 or any(not 0 <= v <= 1 for _, v in guard_s):
         return None
     count_key = COUNT_KEYS.get(guard.split("/")[0], "")
-    (s0, p0), flagged = guard_s[0], []
-    n0 = _row(history, s0).get(count_key)
-    for step, p1 in guard_s[1:]:
-        n1 = _row(history, step).get(count_key)
+    flagged: list[tuple[int, Any]] = []
+    for index, (step, p1) in enumerate(guard_s[1:], start=1):
+        # against the guard's best so far: a policy often first gains on the guard, then hacks it away
+        s0, p0 = max(guard_s[:index], key=lambda measured: measured[1])
+        n0, n1 = _row(history, s0).get(count_key), _row(history, step).get(count_key)
         rewards = [v for s, v in series(history, reward_key) if s <= step]
         w = min(window, len(rewards) // 2)
         if not (_finite(n0) and _finite(n1)) or w < 2:
@@ -178,12 +180,12 @@ def reward_hacking(history: list[Row], guard: str, z: float, window: int,
             continue
         drop = proportion_drop_z(p0, n0, p1, n1)
         rise = mean_rise_z(rewards[:w], rewards[-w:])
-        evidence = (p1, n1, drop, rise, rewards[:w], rewards[-w:])
+        evidence = (s0, p0, n0, p1, n1, drop, rise, rewards[:w], rewards[-w:])
         flagged.append((step, evidence if drop >= z and rise >= z else None))
     since = held_since([(s, e is not None) for s, e in flagged], 1)
     if since is None:
         return None
-    step, (p1, n1, drop, rise, first, last) = flagged[-1]
+    step, (s0, p0, n0, p1, n1, drop, rise, first, last) = flagged[-1]
     seen = (f"{guard} fell {p0:.3g} -> {p1:.3g} (step {s0} -> {step}; {drop:.1f} binomial standard errors, "
             f"n = {n0:g} and {n1:g}) while {reward_key} rose {_mean(first):.3g} -> {_mean(last):.3g} "
             f"(mean of its first {len(first)} steps vs its last {len(last)}; {rise:.1f} standard errors)")

@@ -101,6 +101,19 @@ def test_reward_hacking_fires_when_the_guard_falls_beyond_its_noise() -> None:
                          [{**r, "rollout/reward/task_correct": 0.5} for r in rows]) is None
 
 
+def test_reward_hacking_measures_the_fall_from_the_guards_best() -> None:
+    # the guard first rises (the policy learns), then falls below where it started (the hack): from the
+    # start 0.56 -> 0.45 is 1.3 standard errors (noise), from its best 0.75 it is 3.6
+    rewards = [0.1, 0.12, 0.11, 0.13, 0.2, 0.3, 0.35, 0.4, 0.5, 0.55, 0.6, 0.7]
+    rows = [{"step": 0, "eval/accuracy": 0.5625, "eval/problems": 64.0}]
+    rows += _stream(**{"rollout/reward": rewards})
+    rows[4].update({"eval/accuracy": 0.75, "eval/problems": 64.0})
+    rows[12].update({"eval/accuracy": 0.453125, "eval/problems": 64.0})
+    alarm = _first_firing(lambda h: health.reward_hacking(h, "eval/accuracy", 2.0, 5), rows)
+    assert alarm is not None and (alarm.step, alarm.since) == (12, 12)
+    assert "eval/accuracy fell 0.75 -> 0.453 (step 4 -> 12; 3.6 binomial standard errors" in alarm.seen
+
+
 def test_entropy_collapse() -> None:
     rows = _stream(**{"policy/entropy": [1.0, 0.9, 1.1, 0.5, 0.09, 0.08, 0.2, 0.05, 0.05, 0.04]})
     alarm = _first_firing(lambda h: health.entropy_collapse(h, 0.1, 3), rows)
