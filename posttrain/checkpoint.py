@@ -13,6 +13,11 @@ Layout of one checkpoint, ``<run_dir>/checkpoints/step-00000012/``:
   ``run.keep_best``, ``keep_best.step`` names the checkpoint holding the best weights so far.
 - ``manifest.json``: written last; the size and sha256 of every file above.
 
+Under ``cluster.sharding: fsdp`` the weights and the optimizer state are ``sharded/`` instead, one
+``torch.distributed.checkpoint`` written by every rank (its own shards), loadable on any number of ranks or
+in one process; rank 0 writes the rest once every rank's shards are in. A one-process checkpoint resumes
+on fsdp ranks too (each keeps its shards of the full weights and optimizer state).
+
 Everything is written into ``checkpoints/.tmp-step-…``, fsynced and renamed into place, so a crash
 at any moment leaves the previous checkpoints plus either nothing or the complete new one. Old
 checkpoints are removed only after the new one is in place; rotation keeps the newest ``keep_last``
@@ -30,7 +35,6 @@ import errno
 import hashlib
 import json
 import os
-import random
 import re
 import shutil
 import time
@@ -43,7 +47,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from posttrain import distributed
 from posttrain.errors import CheckpointError, ConfigError
+from posttrain.rng import capture_rng_state, restore_rng_state
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.safetensors"
@@ -51,75 +57,12 @@ OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
 RNG_FILE = "rng.pt"
 STATE_FILE = "state.json"
+SHARDED_DIR = "sharded"
 _FORMAT = "posttrain-checkpoint/1"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _TMP_PREFIX = ".tmp-"
-_REQUIRED = (MODEL_FILE, RNG_FILE, STATE_FILE)
-
-
-# ----------------------------------------------------------------------------------------- RNG
-
-
-def capture_rng_state(generators: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Every global RNG state (python, numpy, torch CPU, CUDA) and the named generators.
-
-    ``generators`` holds ``torch.Generator`` or ``random.Random`` objects (a data sampler, the
-    rollout sampler). The result contains only tensors, lists, numbers and strings, so it
-    round-trips through ``torch.load(weights_only=True)``.
-    """
-    version, internal, gauss = random.getstate()
-    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
-    state: dict[str, Any] = {
-        "python": {"version": version, "internal": list(internal), "gauss": gauss},
-        "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)),
-                  "pos": int(np_pos), "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
-        "torch": torch.get_rng_state(),
-        # An uninitialised CUDA has drawn nothing yet: capturing would only create a context.
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
-        "generators": {},
-    }
-    for name, generator in (generators or {}).items():
-        if isinstance(generator, torch.Generator):
-            state["generators"][name] = {"kind": "torch", "state": generator.get_state()}
-        elif isinstance(generator, random.Random):
-            version, internal, gauss = generator.getstate()
-            state["generators"][name] = {"kind": "random", "version": version,
-                                         "internal": list(internal), "gauss": gauss}
-        else:
-            raise TypeError(f"generator {name!r} must be a torch.Generator or random.Random, "
-                            f"got {type(generator).__name__}")
-    return state
-
-
-def restore_rng_state(state: dict[str, Any], generators: dict[str, Any] | None = None) -> None:
-    """Put back what ``capture_rng_state`` captured; ``generators`` are restored in place."""
-    python = state["python"]
-    random.setstate((python["version"], tuple(python["internal"]), python["gauss"]))
-    numpy_state = state["numpy"]
-    np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32),
-                         numpy_state["pos"], numpy_state["has_gauss"], numpy_state["gauss"]))
-    torch.set_rng_state(state["torch"])
-    cuda_states = state.get("cuda") or []
-    if cuda_states:
-        if not torch.cuda.is_available():
-            warnings.warn("the checkpoint holds CUDA RNG states but no CUDA device is available: "
-                          "GPU sampling after resume will differ from the original run", stacklevel=2)
-        else:
-            count = min(len(cuda_states), torch.cuda.device_count())
-            for device in range(count):
-                torch.cuda.set_rng_state(cuda_states[device], device)
-    saved = state.get("generators", {})
-    for name, generator in (generators or {}).items():
-        if name not in saved:
-            raise KeyError(f"no generator named {name!r} was saved (saved: {sorted(saved)})")
-        entry = saved[name]
-        if isinstance(generator, torch.Generator) and entry["kind"] == "torch":
-            generator.set_state(entry["state"])
-        elif isinstance(generator, random.Random) and entry["kind"] == "random":
-            generator.setstate((entry["version"], tuple(entry["internal"]), entry["gauss"]))
-        else:
-            raise TypeError(f"generator {name!r} is a {type(generator).__name__} but a "
-                            f"{entry['kind']} generator was saved")
+_REQUIRED = (RNG_FILE, STATE_FILE)
+_MODEL_FILES = (MODEL_FILE, f"{SHARDED_DIR}/.metadata")
 
 
 # ------------------------------------------------------------------------------ model tensors
@@ -201,6 +144,11 @@ def _load_model_file(file: Path, model: nn.Module) -> Callable[[], None]:
     _check_model_match(file, saved, expected, scope)
 
     def apply() -> None:
+        if distributed.sharded():  # the full weights into fsdp ranks: each keeps its shards
+            from posttrain.distributed.fsdp import load_full_weights
+
+            load_full_weights(model, saved)
+            return
         if scope == "full":
             model.load_state_dict(saved, strict=True)
             return
@@ -302,6 +250,8 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
     for name in _REQUIRED:
         if name not in listed:
             raise CheckpointError(f"{manifest_file} does not list {name}")
+    if not any(name in listed for name in _MODEL_FILES):
+        raise CheckpointError(f"{manifest_file} lists no weights ({' or '.join(_MODEL_FILES)})")
     for name, (size, sha256) in listed.items():
         file = path / name
         if not file.is_file():
@@ -375,15 +325,22 @@ class Checkpointer:
             raise ValueError(f"state['step'] is {state['step']} but the checkpoint step is {step}")
         state_bytes = json.dumps({**state, "step": step}, default=_json_default, indent=1).encode()
         final = self.step_path(step)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._remove_temporaries()
         tmp = self.directory / f"{_TMP_PREFIX}{final.name}"
-        tmp.mkdir()
+        writer = distributed.is_writer()  # the only rank here but under fsdp, where every rank writes shards
+        if writer:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._remove_temporaries()
+            tmp.mkdir()
+        if distributed.sharded():
+            distributed.barrier()
         try:
             self._write_all(tmp, step, model, optimizer, scheduler, state_bytes, generators)
+            if not writer:
+                return final
             self._move_into_place(tmp, final)
         except BaseException as error:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if writer:  # the folder is rank 0's, the other fsdp ranks' shards in it included
+                shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(error, Exception) and not isinstance(error, TypeError):
                 cause = _os_error_in_chain(error)
                 raise CheckpointError(f"could not write checkpoint {final} ({type(cause).__name__}: "
@@ -412,20 +369,27 @@ class Checkpointer:
                    state_bytes: bytes, generators: dict[str, Any] | None) -> None:
         from safetensors.torch import save_file
 
-        tensors, scope = _model_tensors(model)
-        unique, aliases = _deduplicate(tensors)
-        metadata = {"scope": scope, "aliases": json.dumps(aliases), "step": str(step)}
-        save_file(unique, str(tmp / MODEL_FILE), metadata=metadata)
-        _fsync_path(tmp / MODEL_FILE)
-        if optimizer is not None:
+        if distributed.sharded():
+            from posttrain.distributed.fsdp import save_sharded
+
+            save_sharded(tmp / SHARDED_DIR, model, optimizer)  # a collective: rank 0 returns once all are in
+            if not distributed.is_writer():
+                return
+        else:
+            tensors, scope = _model_tensors(model)
+            unique, aliases = _deduplicate(tensors)
+            metadata = {"scope": scope, "aliases": json.dumps(aliases), "step": str(step)}
+            save_file(unique, str(tmp / MODEL_FILE), metadata=metadata)
+            _fsync_path(tmp / MODEL_FILE)
+        if optimizer is not None and not distributed.sharded():
             _write_part(tmp, OPTIMIZER_FILE, lambda f: torch.save(optimizer.state_dict(), f))
         if scheduler is not None:
             _write_part(tmp, SCHEDULER_FILE, lambda f: torch.save(scheduler.state_dict(), f))
         rng = capture_rng_state(generators)
         _write_part(tmp, RNG_FILE, lambda f: torch.save(rng, f))
         _write_part(tmp, STATE_FILE, lambda f: f.write(state_bytes))
-        files = {entry.name: {"size": entry.stat().st_size, "sha256": _sha256(entry)}
-                 for entry in sorted(tmp.iterdir())}
+        files = {entry.relative_to(tmp).as_posix(): {"size": entry.stat().st_size, "sha256": _sha256(entry)}
+                 for entry in sorted(tmp.rglob("*")) if entry.is_file()}
         manifest = {"format": _FORMAT, "step": step, "created": time.time(), "files": files}
         _write_part(tmp, MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
         _fsync_path(tmp)
@@ -464,7 +428,7 @@ class Checkpointer:
         and RNG states stay as they are (``run.keep_best`` exporting the best weights at the end)."""
         path = self.step_path(step)
         verify_checkpoint(path)
-        apply_model = _load_model_file(path / MODEL_FILE, model)
+        apply_model = self._weights_loader(path, model, None)
         with _as_checkpoint_error(path / MODEL_FILE):
             apply_model()
 
@@ -503,9 +467,11 @@ class Checkpointer:
         """
         path = Path(path)
         verify_checkpoint(path)
-        apply_model = _load_model_file(path / MODEL_FILE, model)
-        optimizer_state = self._read_optional(path, OPTIMIZER_FILE, optimizer, "an optimizer")
-        if optimizer is not None:
+        sharded = (path / SHARDED_DIR).is_dir()  # written by fsdp ranks: loads on any shape (DCP reshards)
+        apply_model = self._weights_loader(path, model, optimizer)
+        optimizer_state = None if sharded else self._read_optional(path, OPTIMIZER_FILE, optimizer,
+                                                                   "an optimizer")
+        if optimizer is not None and not sharded:
             _check_optimizer_match(path / OPTIMIZER_FILE, optimizer_state, optimizer)
         scheduler_state = self._read_optional(path, SCHEDULER_FILE, scheduler, "a scheduler")
         rng = _torch_load(path / RNG_FILE)
@@ -515,15 +481,24 @@ class Checkpointer:
             raise CheckpointError(f"{path / STATE_FILE} is not valid JSON ({error})") from error
         with _as_checkpoint_error(path / MODEL_FILE):
             apply_model()
-        if optimizer is not None:
+        if optimizer is not None and not sharded:
             with _as_checkpoint_error(path / OPTIMIZER_FILE):
-                optimizer.load_state_dict(optimizer_state)
+                _load_optimizer(model, optimizer, optimizer_state)
         if scheduler is not None:
             with _as_checkpoint_error(path / SCHEDULER_FILE):
                 scheduler.load_state_dict(scheduler_state)
         with _as_checkpoint_error(path / RNG_FILE):
             restore_rng_state(rng, generators)
         return state
+
+    @staticmethod
+    def _weights_loader(path: Path, model: nn.Module, optimizer: Any) -> Callable[[], None]:
+        """What puts the weights of ``path`` in place (from a sharded checkpoint, the optimizer state too)."""
+        if not (path / SHARDED_DIR).is_dir():
+            return _load_model_file(path / MODEL_FILE, model)
+        from posttrain.distributed.fsdp import load_sharded
+
+        return lambda: load_sharded(path / SHARDED_DIR, model, optimizer)
 
     @staticmethod
     def _read_optional(path: Path, name: str, target: Any, what: str) -> Any:
@@ -548,6 +523,15 @@ def _check_optimizer_match(file: Path, saved: Any, optimizer: torch.optim.Optimi
     if saved_sizes != live_sizes:
         raise CheckpointError(f"{file} does not match the optimizer: parameter groups of sizes "
                               f"{saved_sizes} were saved, the optimizer has {live_sizes}")
+
+
+def _load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    if distributed.sharded():  # a one-process optimizer state into fsdp ranks: each keeps its shards
+        from posttrain.distributed.fsdp import load_full_optimizer
+
+        load_full_optimizer(model, optimizer, state)
+    else:
+        optimizer.load_state_dict(state)
 
 
 @contextlib.contextmanager

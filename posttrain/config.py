@@ -241,13 +241,17 @@ class ClusterConfig:
     its share of every batch; rank 0 writes the run); 1 trains in this process."""
     sharding: str = "ddp"
     """How trainer ranks share the model: ddp (a full copy each, gradients summed once per optimizer
-    step) or fsdp (torch's fully_shard; not yet on the recipes)."""
+    step) or fsdp (torch's fully_shard: parameters, gradients and optimizer state sharded over the ranks,
+    each decoder layer gathered while it runs; full-weight causal LMs, checkpoints through
+    torch.distributed.checkpoint)."""
     rollout_workers: int = 0
     """Ray actors each holding a copy of the policy and a rollout engine, the prompts split across them
     and the weights pushed after each optimizer step (0: sample in this process)."""
     reward_workers: int = 0
     """Ray actors running the reward functions and the code sandbox, the batch split across them
     (0: score in this process)."""
+    max_staleness: int = 0
+    """Versions rollouts may lag the policy (rollout workers): 1 samples step k+1 while step k trains."""
     trainer_cpus: float = 1.0
     """CPUs each trainer rank asks the cluster for."""
     trainer_gpus: float = 0.0
@@ -271,7 +275,7 @@ class ClusterConfig:
         if self.trainers < 1:
             problems.append(f"trainers: must be >= 1; got {self.trainers}")
         for key in ("rollout_workers", "reward_workers", "trainer_cpus", "trainer_gpus", "rollout_cpus",
-                    "rollout_gpus", "reward_cpus", "reward_gpus"):
+                    "rollout_gpus", "reward_cpus", "reward_gpus", "max_staleness"):
             if getattr(self, key) < 0:
                 problems.append(f"{key}: must be >= 0; got {getattr(self, key)}")
         for role in ("trainer", "rollout", "reward"):
@@ -289,13 +293,14 @@ class ClusterConfig:
         if wanted and not address:
             problems.append(f"{', '.join(wanted)} needs a Ray cluster: set cluster.address to local (start "
                             "one on this machine), auto or ray://host:port (join a running one)")
-        if self.trainers > 1 and self.sharding == "fsdp":
-            problems.append("sharding=fsdp: not implemented yet on the recipes' trainer ranks; use "
-                            "cluster.sharding=ddp (each rank a full copy of the model)")
         if self.trainers > 1 and self.sharding == "fsdp" and self.rollout_workers > 0:
             problems.append(f"sharding=fsdp with rollout_workers={self.rollout_workers}: not implemented "
                             "yet; rank 0 pushes the weights it holds, and with fsdp it holds a shard (use "
                             "cluster.sharding=ddp, or cluster.rollout_workers=0)")
+        if self.trainers > 1 and self.max_staleness > 0:
+            problems.append(f"max_staleness={self.max_staleness} with trainers={self.trainers}: not "
+                            "implemented yet; sampling ahead runs with one trainer (set "
+                            "cluster.max_staleness=0, or cluster.trainers=1)")
         return problems
 
 
@@ -341,8 +346,7 @@ def help_text(cls: type, prefix: str = "") -> str:
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if _is_section(tp):
-            lines.append(f"\n{prefix}{f.name}:")
-            lines.append(help_text(tp, prefix + f.name + "."))
+            lines += [f"\n{prefix}{f.name}:", help_text(tp, prefix + f.name + ".")]
             continue
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from posttrain import distributed
+
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The underlying ``*ForCausalLM`` of a PEFT or DDP wrapper (LoRA layers stay in place)."""
@@ -89,11 +91,15 @@ def token_logprobs(
         if packed:
             raise ValueError("packed batches need position_ids restarting at each example")
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    hidden_NTH = hidden_states(model, input_ids, attention_mask, position_ids=position_ids)
-    # position t's token is predicted by the hidden state at t - 1
     rows, cols = score_mask.nonzero(as_tuple=True)  # [M], [M]
-    return _score(model, hidden_NTH[rows, cols - 1], input_ids[rows, cols], (rows, cols), input_ids.shape,
-                  temperature, chunk_size, with_entropy)
+
+    def forward() -> tuple[torch.Tensor, torch.Tensor | None]:
+        hidden_NTH = hidden_states(model, input_ids, attention_mask, position_ids=position_ids)
+        # position t's token is predicted by the hidden state at t - 1
+        return _score(model, hidden_NTH[rows, cols - 1], input_ids[rows, cols], (rows, cols), input_ids.shape,
+                      temperature, chunk_size, with_entropy)
+
+    return distributed.through_root(model, forward)  # sharded weights gathered (cluster.sharding: fsdp)
 
 
 def _score(model: nn.Module, hidden_MH: torch.Tensor, targets_M: torch.Tensor,
@@ -214,11 +220,15 @@ def shared_prompt_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_
     tokens per group.
     """
     shared = share_prompts(input_ids, attention_mask, completion_mask, _compute_dtype(model), max_tokens)
-    hidden_RSH = hidden_states(model, shared.input_ids, shared.attention_mask,
-                               position_ids=shared.position_ids)
     rows, _ = shared.packed
-    return _score(model, hidden_RSH[rows, shared.previous], input_ids[shared.source], shared.source,
-                  input_ids.shape, temperature, chunk_size, with_entropy)
+
+    def forward() -> tuple[torch.Tensor, torch.Tensor | None]:
+        hidden_RSH = hidden_states(model, shared.input_ids, shared.attention_mask,
+                                   position_ids=shared.position_ids)
+        return _score(model, hidden_RSH[rows, shared.previous], input_ids[shared.source], shared.source,
+                      input_ids.shape, temperature, chunk_size, with_entropy)
+
+    return distributed.through_root(model, forward)
 
 
 def _compute_dtype(model: nn.Module) -> torch.dtype:

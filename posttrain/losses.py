@@ -199,6 +199,54 @@ def clipped_surrogate(
     return per_token, clipped_low, clipped_high
 
 
+def truncated_is_weights(
+    old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, mask: torch.Tensor, cap: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Truncated importance sampling against the sampler (TIS; Yao et al. 2025, "Your Efficient RL
+    Framework Secretly Brings You Off-Policy RL Training", as verl's token-level ``rollout_is``).
+
+    w_t = min(exp(log π_old - log q), C), detached, with π_old the trainer's log-probs of the tokens
+    (its recomputation with the weights being trained) and q the distribution the tokens were actually
+    sampled from (a bf16 copy, top-p/top-k truncation, older weights); 0 where the mask is 0. The
+    log-ratio is clamped to ±20 so it cannot overflow.
+
+    Shapes: old_logprobs, sampler_logprobs, mask [N, T]. Returns the weights [N, T] and their sums over
+    valid tokens, which add up across micro-batches and ranks (``importance_metrics`` turns them into
+    means): "tokens", "weight_sum", "weight_sq_sum", "truncated" (tokens whose ratio exceeded C),
+    "gap_sum" (Σ |log π_old - log q|), and "ratio_max" (the largest ratio before truncation; combine
+    with max, not a sum).
+    """
+    _check_2d("old_logprobs", old_logprobs)
+    _check_same_shape("old_logprobs", old_logprobs, "sampler_logprobs", sampler_logprobs)
+    _check_same_shape("old_logprobs", old_logprobs, "mask", mask)
+    if not cap >= 1.0:
+        raise ValueError(f"the TIS cap C must be >= 1 (a weight of 1 is no correction), got {cap}")
+    valid = _valid(mask)
+    log_ratio = torch.where(valid, old_logprobs.detach().float() - sampler_logprobs.float(), 0.0)
+    ratio = torch.exp(log_ratio.clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO))  # [N, T]
+    weights = torch.where(valid, ratio.clamp(max=cap), 0.0)
+    sums = {"tokens": float(valid.sum()), "weight_sum": float(weights.sum()),
+            "weight_sq_sum": float(weights.square().sum()), "truncated": float((valid & (ratio > cap)).sum()),
+            "gap_sum": float(log_ratio.abs().sum()),
+            "ratio_max": float(ratio[valid].max()) if bool(valid.any()) else 0.0}
+    return weights, sums
+
+
+def importance_metrics(sums: dict[str, float]) -> dict[str, float]:
+    """The per-step summary of ``truncated_is_weights``' sums: "is_weight_mean", "is_weight_std",
+    "is_ratio_max", "is_truncated_frac" (share of tokens whose ratio exceeded C) and "logprob_gap"
+    (mean |log π_old - log q| in nats); all 0.0 with no token."""
+    tokens = sums.get("tokens", 0.0)
+    if tokens <= 0:
+        return dict.fromkeys(("is_weight_mean", "is_weight_std", "is_ratio_max", "is_truncated_frac",
+                              "logprob_gap"), 0.0)
+    mean = sums["weight_sum"] / tokens
+    variance = max(sums["weight_sq_sum"] / tokens - mean**2, 0.0)  # rounding may leave it a hair below 0
+    return {"is_weight_mean": mean, "is_weight_std": math.sqrt(variance),
+            "is_ratio_max": sums["ratio_max"], "is_truncated_frac": sums["truncated"] / tokens,
+            "logprob_gap": sums["gap_sum"] / tokens}
+
+
 def policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -212,12 +260,15 @@ def policy_loss(
     ref_logprobs: torch.Tensor | None = None,
     beta: float = 0.0,
     kl_estimator: str = "k3",
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The GRPO/PPO policy objective: aggregate(ℓ_clip + β · KL_est(π ‖ π_ref), mask, agg).
+    """The GRPO/PPO policy objective: aggregate(w · ℓ_clip + β · KL_est(π ‖ π_ref), mask, agg).
 
     GRPO (arXiv:2402.03300) = agg "sequence_mean", β > 0, k3; DAPO (arXiv:2503.14476) = "token_mean",
     clip_eps_high 0.28, β = 0; Dr. GRPO (arXiv:2503.20783) = "constant" with max_tokens.
-    Shapes: logprobs, old_logprobs, mask, ref_logprobs [N, T]; advantages [N] or [N, T].
+    Shapes: logprobs, old_logprobs, mask, ref_logprobs, is_weights [N, T]; advantages [N] or [N, T].
+    is_weights (``truncated_is_weights``, detached; None = 1) multiply the clipped surrogate of each
+    token, not the KL term (as verl applies its rollout IS weights).
 
     Metrics, over valid tokens: "clipfrac" (clip active on either side), "clipfrac_low",
     "clipfrac_high" (see `clipped_surrogate`), "ratio_mean", "ratio_max", and "kl" (mean of the
@@ -234,6 +285,9 @@ def policy_loss(
     per_token, clipped_low, clipped_high = clipped_surrogate(
         logprobs, old_logprobs, advantages, clip_eps_low, clip_eps_high
     )
+    if is_weights is not None:
+        _check_same_shape("logprobs", logprobs, "is_weights", is_weights)
+        per_token = per_token * is_weights.detach()
     valid = _valid(mask)
     metrics: dict[str, float] = {}
     if ref_logprobs is not None:

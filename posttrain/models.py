@@ -287,11 +287,13 @@ class ReferencePolicy:
         self.policy.train(was_training)
 
 
-def save_pretrained(model: nn.Module, tokenizer: Any, path: str | Path, merge_lora: bool = True) -> Path:
+def save_pretrained(model: nn.Module, tokenizer: Any, path: str | Path, merge_lora: bool = True,
+                    state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write an HF folder (safetensors, config, tokenizer, chat template) that transformers loads.
 
     A LoRA model is merged into its base weights unless ``merge_lora`` is false, in which case the
-    adapter alone is written (peft format).
+    adapter alone is written (peft format). ``state_dict``: the weights to write instead of the model's
+    own (a sharded model's, gathered whole).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -304,7 +306,7 @@ def save_pretrained(model: nn.Module, tokenizer: Any, path: str | Path, merge_lo
             to_save = copy.deepcopy(model).merge_and_unload()
         was_cache = getattr(to_save.config, "use_cache", None)
         to_save.config.use_cache = True
-        to_save.save_pretrained(tmp, safe_serialization=True)
+        to_save.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         to_save.config.use_cache = was_cache
         tokenizer.save_pretrained(tmp)
         if path.exists():

@@ -76,11 +76,13 @@ def reference_problems(beta: float, reference: str, allowed: tuple[str, ...], lo
 
 def reference_policy(mode: str, s: Setup) -> ReferencePolicy:
     """π_ref: ``frozen`` (a copy of the starting weights) or ``adapter`` (the policy, LoRA off). A
-    resumed run's weights have moved, so its frozen reference is the starting model, loaded again."""
+    resumed run's weights have moved, so its frozen reference is the starting model, loaded again (so is
+    a sharded policy's: fsdp)."""
+    from posttrain import distributed
     from posttrain.runner import load_policy
 
-    resumed = mode == "frozen" and s.run.start_step > 0
-    return ReferencePolicy(load_policy(s.run.config.model)[0] if resumed else s.model, mode)
+    again = mode == "frozen" and (s.run.start_step > 0 or distributed.sharded())
+    return ReferencePolicy(load_policy(s.run.config.model)[0] if again else s.model, mode)
 
 
 class ImplicitRewards:

@@ -4,9 +4,12 @@
   with the weighted reward functions;
 - ``training_batch``, ``rollout_metrics`` and ``group_metrics``: the padded batch of a rollout, which
   rows were cut at max_new_tokens, and the rollout/ metrics every recipe logs;
+- ``RolloutCorrection``: truncated importance weights (TIS) against the sampler's own log-probs, for
+  ``rollout_correction: tis`` and for sampling that runs ahead of training (``cluster.max_staleness``);
 - ``reference_policy``: the frozen starting policy of a KL penalty (none when β = 0);
 - ``update_passes``: μ passes over a rollout batch in mini-batches, one guarded optimizer step each;
-- ``held_out_rewards``: the rewards of a policy's greedy responses to held-out prompts;
+- ``held_out_rewards``: the rewards of a policy's greedy responses to held-out prompts, and
+  ``reward_evaluation``, which logs them at each held-out evaluation (PPO);
 - ``config_problems``: the checks every RL config makes (reward weights, choice fields).
 """
 
@@ -25,6 +28,7 @@ from posttrain.config import DataConfig, ModelConfig, SamplingConfig
 from posttrain.data.chat import prompt_messages
 from posttrain.data.sources import reward_columns
 from posttrain.errors import RewardError
+from posttrain.losses import importance_metrics, truncated_is_weights
 from posttrain.models import ReferencePolicy
 from posttrain.rewards.base import RewardScores
 from posttrain.rewards.calling import TrainerState, reward_inputs
@@ -38,22 +42,29 @@ MicroLoss = Callable[[slice], tuple[torch.Tensor, dict[str, float]]]
 def sample_and_score(model: nn.Module, tokenizer: Any, rows: list[dict[str, Any]],
                      reward_fns: list[tuple[str, Any, float]], n: int, sampling: SamplingConfig,
                      data: DataConfig, seed: int | None = None, *, trainer_state: TrainerState,
+                     ahead: list[dict[str, Any]] | None = None,
                      ) -> tuple[Rollouts, RewardScores, list[dict[str, Any]]]:
     """``n`` completions of each prompt row, scored by the weighted reward functions, which are
     called as TRL calls them (``score_completions``; ``trainer_state`` is passed on as is).
 
     Samples are prompt-major (sample i belongs to ``rows[i // n]``); returns the rollouts, their
     scores and the row of each sample (its columns are what the reward functions were given).
-    ``seed`` None draws the sampler's seed from torch's global RNG (restored on resume).
+    ``seed`` None draws the sampler's seed from torch's global RNG (restored on resume). ``ahead``:
+    the rows the next call will ask for; with ``cluster.max_staleness`` > 0 the rollout workers start
+    sampling them now, with these weights, while the caller trains (``distributed.sample_ahead``).
     """
     s = sampling
     params = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                             max_new_tokens=s.max_new_tokens, seed=seed)
     prompts = [prompt_messages(row, data.system_prompt or None) for row in rows]
+    options = {"backend": s.backend, "max_prompt_tokens": data.max_prompt_tokens,
+               "engine_options": {"dtype": s.dtype}}
     sample = distributed.rollout_sampler()  # generate, or its rollout workers on a cluster
-    rollouts = sample(model, tokenizer, prompts, n=n, sampling=params, backend=s.backend,
-                      max_prompt_tokens=data.max_prompt_tokens, engine_options={"dtype": s.dtype})
+    rollouts = sample(model, tokenizer, prompts, n=n, sampling=params, **options)
     distributed.check_on_policy(model, rollouts)
+    if ahead:
+        distributed.sample_ahead(model, tokenizer, [prompt_messages(row, data.system_prompt or None)
+                                                    for row in ahead], n=n, sampling=params, **options)
     sample_rows = [rows[i // n] for i in range(len(rollouts))]
     reward_prompts, completions = reward_inputs(sample_rows, [prompts[i // n] for i in range(len(rollouts))],
                                                 rollouts.texts)
@@ -87,6 +98,8 @@ def rollout_metrics(rollouts: Rollouts, scores: RewardScores) -> dict[str, float
     metrics["rollout/completion_len"] = sum(map(len, rollouts.completion_ids)) / len(rollouts)
     metrics["rollout/clipped_ratio"] = sum(r == "length" for r in rollouts.finish_reasons) / len(rollouts)
     metrics["rollout/tokens_per_s"] = rollouts.timing.get("tokens_per_s", 0.0)
+    if rollouts.staleness is not None:  # sampled on rollout workers: weight versions behind the policy
+        metrics["rollout/staleness"] = float(rollouts.staleness)
     return {**metrics, **logged_metrics(scores, "rollout", metrics)}
 
 
@@ -101,6 +114,47 @@ def logged_metrics(scores: RewardScores, prefix: str, taken: dict[str, float]) -
         raise RewardError(f"a reward function logged {', '.join(clashes)} with log_metric, a metric "
                           "posttrain logs itself; choose another name")
     return out
+
+
+class RolloutCorrection:
+    """Truncated importance sampling (TIS) of a policy loss against the sampler's own log-probs
+    (``losses.truncated_is_weights``), on when a recipe's ``rollout_correction`` is ``tis`` or when
+    sampling runs ahead of training (``cluster.max_staleness`` > 0), and its per-step metrics."""
+
+    def __init__(self, config: Any) -> None:
+        cluster = getattr(config, "cluster", None)
+        self.on = config.rollout_correction == "tis" or (cluster is not None and cluster.max_staleness > 0)
+        self.cap = config.tis_cap
+        self.sums: dict[str, float] = {}
+
+    def weights(self, old_NT: torch.Tensor, batch: dict[str, torch.Tensor], rows: slice,
+                mask_NT: torch.Tensor) -> torch.Tensor | None:
+        """[n, T] detached weights of the policy loss of ``batch``'s ``rows`` (None when off), given their
+        old log-probs and loss mask [n, T]; their sums are kept for the step's metrics. Rows seen again
+        (a second pass) count again: means are unchanged by it."""
+        if not self.on:
+            return None
+        sampler_NT = batch["sampler_logprobs"][rows] if "sampler_logprobs" in batch else None
+        if sampler_NT is None:
+            raise ValueError("rollout_correction: tis needs the sampler's log-probs "
+                             "(Rollouts.sampler_logprobs), which this rollout engine did not return")
+        weights_NT, sums = truncated_is_weights(old_NT, sampler_NT, mask_NT, self.cap)
+        for key, value in sums.items():
+            self.sums[key] = max(self.sums.get(key, 0.0), value) if key == "ratio_max" else (
+                self.sums.get(key, 0.0) + value)
+        return weights_NT
+
+    def step_metrics(self) -> dict[str, float]:
+        """rollout/is_weight_mean, is_weight_std, is_ratio_max, is_truncated_frac and logprob_gap over
+        the step's rows on every trainer rank (empty when off); the sums start again."""
+        if not self.on:
+            return {}
+        rank = distributed.this_rank().index  # a max does not add up: one key per rank, then their max
+        sums = {key: value for key, value in self.sums.items() if key != "ratio_max"}
+        total = distributed.sum_over_ranks({**sums, f"ratio_max@{rank}": self.sums.get("ratio_max", 0.0)})
+        total["ratio_max"] = max(value for key, value in total.items() if key.startswith("ratio_max@"))
+        self.sums = {}
+        return {f"rollout/{key}": value for key, value in importance_metrics(total).items()}
 
 
 def group_metrics(scores: RewardScores, group_size: int) -> dict[str, float]:
@@ -122,12 +176,13 @@ def reference_policy(model_config: ModelConfig, policy: nn.Module, beta: float, 
                      resumed: bool) -> ReferencePolicy | None:
     """The reference of a KL penalty: the starting weights (``frozen``) or the policy with its LoRA
     adapter off (``adapter``); None when β = 0, so nothing is loaded. A resumed run's policy has
-    moved, so a frozen reference is loaded again from ``model_config``."""
+    moved, so a frozen reference is loaded again from ``model_config`` (so is a sharded policy's: fsdp)."""
     from posttrain.runner import load_policy
 
     if beta <= 0:
         return None
-    return ReferencePolicy(load_policy(model_config)[0] if resumed and mode == "frozen" else policy, mode)
+    again = (resumed or distributed.sharded()) and mode == "frozen"
+    return ReferencePolicy(load_policy(model_config)[0] if again else policy, mode)
 
 
 def update_passes(stepper: Stepper, epochs: int, mini_batches: int, micro_batch_size: int, agg: str,
@@ -168,10 +223,37 @@ def held_out_rewards(model: nn.Module, tokenizer: Any, rows: list[dict[str, Any]
     return {**metrics, **logged_metrics(scores, "greedy", metrics)}
 
 
+def reward_evaluation(config: Any, s: Any, policy: nn.Module,
+                      rewards: list[Any]) -> Callable[[int], dict[str, float]]:
+    """What a recipe adds to its held-out evaluation (``s.also_evaluate``; the task's check() runs on
+    ``policy``, see ``runner.setup``): the rewards of the policy's greedy responses (eval/reward)."""
+
+    def evaluate(step: int) -> dict[str, float]:
+        metrics = held_out_rewards(policy, s.tokenizer, s.eval_rows, rewards, config.sampling, config.data,
+                                   TrainerState(step, config.run.steps))
+        if metrics:
+            s.run.tracker.log(step, {f"eval/{k}": v for k, v in metrics.items()})
+            print(f"[eval] step {step}: mean reward {metrics['reward']:.4f} of greedy responses to "
+                  f"{len(s.eval_rows)} held-out prompts")
+        return metrics
+
+    return evaluate
+
+
 def config_problems(config: Any, choices: dict[str, tuple[str, ...]]) -> list[str]:
     """What an RL recipe's ``Config.check`` reports for its ``rewards`` and ``reward_weights`` and for
     its fields with a fixed set of values (``choices``: field name -> allowed values)."""
     problems = []
+    if hasattr(config, "rollout_correction"):  # GRPO and PPO
+        choices = {**choices, "rollout_correction": ("none", "tis")}
+        if config.cluster.max_staleness > 0 and config.cluster.rollout_workers == 0:
+            problems.append(f"cluster.max_staleness={config.cluster.max_staleness} needs cluster."
+                            "rollout_workers > 0: sampling runs ahead of training on rollout workers")
+        if not config.tis_cap >= 1:
+            problems.append(f"tis_cap must be >= 1 (where the weights are truncated); got {config.tis_cap}")
+        if config.rollout_correction == "tis" and config.sampling.temperature == 0:
+            problems.append("rollout_correction: tis needs sampling.temperature > 0 (greedy samples have no "
+                            "sampling distribution to correct for)")
     if config.reward_weights and len(config.reward_weights) != len(config.rewards):
         problems.append(f"reward_weights has {len(config.reward_weights)} values for "
                         f"{len(config.rewards)} rewards")

@@ -77,7 +77,8 @@ class Run:
         """Checkpoint every ``run.save_every`` steps (and whenever ``force``)."""
         every = self.config.run.save_every
         if force or (every > 0 and step % every == 0):
-            if distributed.is_writer():  # trainer ranks hold the same state: rank 0 writes it
+            # trainer ranks hold the same state: rank 0 writes it (under fsdp each rank its shards too)
+            if distributed.is_writer() or distributed.sharded():
                 self.checkpointer.save(step, model, optimizer, scheduler, {**state, "step": step})
             distributed.barrier()
 
@@ -85,7 +86,9 @@ class Run:
                plot_keys: list[str] | None = None, kept: dict[str, Any] | None = None) -> Path:
         """Write final/ (an HF folder), the plots and summary.md; return the run directory. ``kept``
         (``run.keep_best``: which step ``model`` holds) goes to best.json, summary.md and the last line."""
-        save_hf(model, tokenizer, self.dir / "final")
+        weights = distributed.full_state_dict(model)  # fsdp: gathered to rank 0, which alone exports
+        if weights is None or distributed.is_writer():
+            save_hf(model, tokenizer, self.dir / "final", state_dict=weights)
         notes = None
         if kept is not None:
             write_record(self.dir, kept)
@@ -334,6 +337,7 @@ def setup(config: Any, recipe: str, train_kind: str, train_rows: list[dict[str, 
         eval_rows = load_split(config.data, "eval", "prompts", config.run.seed)
     examples = check_inputs(config, load_tokenizer(config.model.name), train_kind, train_rows, eval_rows)
     model, tokenizer, device = load(config.model)
+    model = distributed.shard(model)  # cluster.sharding: fsdp, before the optimizer holds the parameters
     optimizer = build_optimizer(model, config.optim, lr_by_prefix)
     scheduler = build_scheduler(optimizer, config.optim, config.run.steps * optimizer_steps_per_step)
     stepper = Stepper(model, optimizer, scheduler, config.optim)

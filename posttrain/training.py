@@ -92,7 +92,8 @@ class Stepper:
     def backward(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss.detach()).all():
             self._loss_finite = False
-            return
+            if not distributed.sharded():  # under fsdp backward is a collective every rank runs
+                return
         loss.backward()
 
     def step(self) -> dict[str, float]:
@@ -100,9 +101,9 @@ class Stepper:
         # trainer ranks (cluster.trainers > 1): each holds its share's gradient; summed, the batch's
         self._loss_finite = distributed.reduce_gradients(self.params, self._loss_finite)
         grads = [p.grad for p in self.params if p.grad is not None]
-        grad_norm = (torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float())
-                                                           for g in grads])).item()
-                     if grads else 0.0)
+        norm = (torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+                if grads else torch.zeros(()))
+        grad_norm = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()  # fsdp: shards'
         finite = self._loss_finite and math.isfinite(grad_norm)
         lr = self.optimizer.param_groups[0]["lr"]
         if finite:
@@ -172,17 +173,28 @@ def accumulate(stepper: Stepper, loss_mask_NT: torch.Tensor, micro_batch_size: i
     all), weighted so the sum is those rows' loss; returns the metrics averaged with the same weights
     (no optimizer step). On trainer ranks each backs its share of the rows, weighted by the share's
     part of the normaliser (``distributed.rank_rows``), and the metrics are the whole rows'."""
-    within, share = distributed.rank_rows(loss_mask_NT, within or slice(0, loss_mask_NT.shape[0]), agg)
+    rows_of_batch = within or slice(0, loss_mask_NT.shape[0])
+    within, share = distributed.rank_rows(loss_mask_NT, rows_of_batch, agg)
     slices = [slice(within.start + sl.start, within.start + sl.stop)
               for sl in micro_batches(within.stop - within.start, micro_batch_size)]
+    weights = [weight * share for weight in micro_batch_weights(loss_mask_NT, slices, agg)]
+    # rows with nothing that counts towards the loss are skipped
+    passes = [(rows, weight) for rows, weight in zip(slices, weights) if weight != 0.0]
     totals: dict[str, float] = {}
-    for rows, weight in zip(slices, micro_batch_weights(loss_mask_NT, slices, agg)):
-        weight *= share
-        if weight == 0.0:
-            continue  # nothing in these rows counts towards the loss
+    for rows, weight in distributed.lockstep(passes, lambda: counted_row(loss_mask_NT, rows_of_batch, agg)):
         loss, metrics = micro_loss(rows)
         stepper.backward(loss * weight)
         metrics["loss"] = float(loss.detach())
         for key, value in metrics.items():
             totals[key] = totals.get(key, 0.0) + float(value) * weight
     return distributed.sum_over_ranks(totals)
+
+
+def counted_row(mask_NT: torch.Tensor, within: slice, agg: str) -> slice:
+    """The first row of ``within`` whose loss is finite (one with a token that counts, or any row for
+    ``constant``): what a rank with fewer micro-batches runs, weighted 0, under fsdp."""
+    if agg != "constant":
+        counted = (mask_NT[within].sum(-1) > 0).nonzero()
+        start = within.start + (int(counted[0]) if len(counted) else 0)
+        return slice(start, start + 1)
+    return slice(within.start, within.start + 1)

@@ -10,11 +10,13 @@ from posttrain.losses import (
     bradley_terry_loss,
     clipped_surrogate,
     dpo_loss,
+    importance_metrics,
     kl_penalty,
     kto_loss,
     orpo_loss,
     policy_loss,
     sft_loss,
+    truncated_is_weights,
     value_loss,
 )
 
@@ -265,6 +267,49 @@ def test_policy_loss_errors() -> None:
         policy_loss(logprobs, old, advantages, torch.ones(4, 1), beta=-0.1)
     with pytest.raises(ValueError, match=r"logprobs has shape \(4, 1\) but mask has shape \(4, 2\)"):
         policy_loss(logprobs, old, advantages, torch.ones(4, 2))
+
+
+# ---------------------------------------------------------------- truncated importance sampling
+
+# log π_old - log q = ln 3, 0, ln 0.5 on the valid tokens (ratios 3, 1, 0.5) and 30 on a masked one
+TIS_OLD, TIS_SAMPLER = [[math.log(3) - 1, -1.0, math.log(0.5) - 1, 29.0]], [[-1.0] * 4]
+TIS_MASK = [[1, 1, 1, 0]]
+
+
+def test_truncated_is_weights_on_hand_values() -> None:
+    weights, sums = truncated_is_weights(t(TIS_OLD), t(TIS_SAMPLER), t(TIS_MASK), cap=2.0)
+    torch.testing.assert_close(weights, t([[2.0, 1.0, 0.5, 0.0]]))
+    assert sums["tokens"] == 3 and close(sums["weight_sum"], 3.5) and close(sums["weight_sq_sum"], 5.25)
+    assert sums["truncated"] == 1 and close(sums["ratio_max"], 3.0) and close(sums["gap_sum"], math.log(6))
+    metrics = importance_metrics(sums)
+    assert close(metrics["is_weight_mean"], 3.5 / 3)
+    assert close(metrics["is_weight_std"], math.sqrt(5.25 / 3 - (3.5 / 3) ** 2))
+    assert close(metrics["is_truncated_frac"], 1 / 3) and close(metrics["logprob_gap"], math.log(6) / 3)
+    assert close(metrics["is_ratio_max"], 3.0)
+    assert set(importance_metrics({}).values()) == {0.0}
+    with pytest.raises(ValueError, match=r"the TIS cap C must be >= 1 .* got 0.5"):
+        truncated_is_weights(t(TIS_OLD), t(TIS_SAMPLER), t(TIS_MASK), cap=0.5)
+    with pytest.raises(ValueError, match=r"old_logprobs has shape \(1, 4\) but sampler_logprobs has shape"):
+        truncated_is_weights(t(TIS_OLD), t([[0.0] * 3]), t(TIS_MASK), cap=2.0)
+
+
+def test_policy_loss_weights_the_surrogate_not_the_kl_term() -> None:
+    weights, _ = truncated_is_weights(t(TIS_OLD), t(TIS_SAMPLER), t(TIS_MASK), cap=2.0)
+    logprobs = t([[-1.0, -1.0, -1.0, 5.0]], requires_grad=True)
+    # ratio 1 and A = 1: each valid token's surrogate is -1, weighted -2, -1, -0.5; token_mean over 3
+    loss, _ = policy_loss(logprobs, logprobs.detach(), t([1.0]), t(TIS_MASK), agg="token_mean",
+                          is_weights=weights)
+    assert close(loss, -3.5 / 3)
+    loss.backward()
+    torch.testing.assert_close(logprobs.grad, t([[-2.0, -1.0, -0.5, 0.0]]) / 3)
+    ref = t([[-1.5, -1.0, -1.0, 0.0]])
+    with_kl, metrics = policy_loss(logprobs, logprobs.detach(), t([1.0]), t(TIS_MASK), agg="token_mean",
+                                   is_weights=weights, ref_logprobs=ref, beta=0.5, kl_estimator="k1")
+    assert close(with_kl, -3.5 / 3 + 0.5 * metrics["kl"]) and close(metrics["kl"], 0.5 / 3)
+    plain, _ = policy_loss(logprobs, logprobs.detach(), t([1.0]), t(TIS_MASK), agg="token_mean")
+    ones, _ = policy_loss(logprobs, logprobs.detach(), t([1.0]), t(TIS_MASK), agg="token_mean",
+                          is_weights=torch.ones(1, 4))
+    assert torch.equal(plain, ones)
 
 
 # ---------------------------------------------------------------- value loss

@@ -16,6 +16,7 @@ from posttrain.training import (
     accumulate,
     build_optimizer,
     build_scheduler,
+    counted_row,
     lr_factor,
     micro_batch_weights,
 )
@@ -126,3 +127,12 @@ def test_parameter_groups_take_their_own_learning_rate_and_share_the_schedule() 
     optimizer.step()
     scheduler.step()
     assert sorted(group["lr"] for group in optimizer.param_groups) == pytest.approx([0.075, 0.375])
+
+
+def test_counted_row_is_the_first_row_whose_loss_is_finite() -> None:
+    """What a fsdp rank with fewer micro-batches runs at weight 0: a row with a token that counts (a row
+    without one has a 0/0 loss, whose zero-weighted gradient is still NaN), any row for ``constant``."""
+    mask = torch.tensor([[1, 1], [0, 0], [0, 0], [0, 1]])
+    assert counted_row(mask, slice(1, 4), "token_mean") == slice(3, 4)
+    assert counted_row(mask, slice(1, 4), "sequence_mean") == slice(3, 4)
+    assert counted_row(mask, slice(1, 4), "constant") == slice(1, 2)

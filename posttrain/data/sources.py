@@ -161,9 +161,13 @@ class DataOrder:
         return self._perm[offset]
 
     def take(self, k: int) -> list[dict[str, Any]]:
-        out = [self.rows[self._index(self.used + i)] for i in range(k)]
+        out = self.peek(k)
         self.used += k
         return out
+
+    def peek(self, k: int) -> list[dict[str, Any]]:
+        """The rows the next ``take(k)`` will hand out, without handing them out."""
+        return [self.rows[self._index(self.used + i)] for i in range(k)]
 
 
 def reward_columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:

@@ -7,7 +7,8 @@ always was. Otherwise ``start_run`` (posttrain/runner.py) calls ``start`` once p
 ``reward_scorer()``, which is ``score_completions`` itself in one process and a pool of reward
 workers (``reward_workers.RewardPool``) on a cluster, and its sampler with ``rollout_sampler()``:
 ``posttrain.rollout.generate`` itself, or a pool of rollout workers (``rollout_workers.RolloutPool``),
-whose rollouts ``check_on_policy`` compares with the policy's current weight version.
+whose rollouts ``check_on_policy`` compares with the policy's current weight version (``sample_ahead``
+starts the next step's sampling early when ``cluster.max_staleness`` > 0).
 
 What runs on a cluster: reward workers (reward functions and the code sandbox), rollout workers
 (a copy of the policy and its engine each, the weights pushed after each optimizer step), and with
@@ -20,11 +21,15 @@ ranks only through the seams below, which are plain no-ops in one process: ``ran
 (``training.accumulate``: this rank's rows and its part of the batch's loss normaliser),
 ``reduce_gradients`` (``Stepper.step``: gradients summed over the ranks), ``sum_over_ranks`` (metrics
 of the whole batch), ``from_writer`` / ``is_writer`` / ``barrier`` (rank 0 alone writes the run
-directory and checkpoints).
+directory and checkpoints). With ``cluster.sharding: fsdp`` (``fsdp.py``) a few more: ``shard`` (the
+policy split over the ranks), ``through_root`` (the log-prob code's forward, so the weights are
+gathered), ``full_weights`` (sampling), ``lockstep`` (as many micro-batches on every rank),
+``full_state_dict`` (final/); checkpoint.py writes and reads sharded checkpoints through ``fsdp.py``.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +146,10 @@ def reduce_gradients(params: list[Any], loss_finite: bool) -> bool:
     up to its gradient); returns whether every rank's losses were finite. Nothing in one process."""
     if _rank.world == 1:
         return loss_finite
+    if sharded():  # FSDP reduce-scattered them in backward
+        from posttrain.distributed.fsdp import loss_flags
+
+        return loss_flags(loss_finite)
     from posttrain.distributed.trainers import reduce_gradients as on_ranks
 
     return on_ranks(params, loss_finite)
@@ -180,6 +189,59 @@ def barrier() -> None:
         from posttrain.distributed.trainers import barrier as on_ranks
 
         on_ranks()
+
+
+def sharded() -> bool:
+    """Whether this process is a trainer rank of ``cluster.sharding: fsdp`` (``fsdp.py``)."""
+    return _rank.world > 1 and _rank.sharding == "fsdp"
+
+
+def shard(model: Any) -> Any:
+    """The policy sharded over the trainer ranks under fsdp (before its optimizer is built); else itself."""
+    if not sharded():
+        return model
+    from posttrain.distributed.fsdp import shard as fully_shard
+
+    return fully_shard(model)
+
+
+def through_root(model: Any, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)``, a computation calling ``model``'s submodules, run as a forward of its FSDP
+    root so that the sharded weights are gathered (and the gradients reduced in backward)."""
+    if not sharded():
+        return fn(*args, **kwargs)
+    from posttrain.distributed.fsdp import through_root as on_ranks
+
+    return on_ranks(model, fn, *args, **kwargs)
+
+
+def full_weights(model: Any) -> contextlib.AbstractContextManager[Any]:
+    """A block in which a sharded ``model``'s parameters are whole, giving the module to sample with (it
+    reads them directly); ``model`` itself when it is not sharded."""
+    if not sharded():
+        return contextlib.nullcontext(model)
+    from posttrain.distributed.fsdp import full_weights as gathered
+
+    return gathered(model)
+
+
+def lockstep(passes: list[tuple[slice, float]], spare: Callable[[], slice]) -> list[tuple[slice, float]]:
+    """The weighted micro-batches this rank runs: under fsdp padded with ``(spare(), 0.0)`` to the most any
+    rank runs, since each forward and backward is a collective there; as given otherwise."""
+    if not sharded():
+        return passes
+    from posttrain.distributed.fsdp import most_passes
+
+    return passes + [(spare(), 0.0)] * (most_passes(len(passes)) - len(passes))
+
+
+def full_state_dict(model: Any) -> dict[str, Any] | None:
+    """A sharded model's full weights, on the writer (``{}`` elsewhere); None when the model is whole."""
+    if not sharded():
+        return None
+    from posttrain.distributed.fsdp import full_state_dict as gathered
+
+    return gathered(model)
 
 
 def start(config: Any) -> None:
@@ -244,7 +306,20 @@ def rollout_sampler() -> Callable[..., Any]:
         return _sample_on_writer(pool) if _rank.world > 1 else pool.generate
     from posttrain.rollout import generate
 
+    if sharded():  # the engine reads the weights directly: gathered whole for each call
+        from posttrain.distributed.fsdp import with_full_weights
+
+        return with_full_weights(generate)
     return generate
+
+
+def sample_ahead(model: Any, tokenizer: Any, prompts: list[Any], n: int, sampling: Any,
+                 **options: Any) -> None:
+    """With ``cluster.max_staleness`` > 0, start sampling ``prompts`` on the rollout workers now (the
+    current weights), for the next ``rollout_sampler()`` call with the same arguments to take, so that
+    sampling overlaps training; nothing otherwise."""
+    if _session is not None and _session.rollout_pool is not None and _session.config.max_staleness > 0:
+        _session.rollout_pool.sample_ahead(model, tokenizer, prompts, n, sampling, **options)
 
 
 def _on_writer(call: Callable[..., T]) -> Callable[..., T]:
@@ -265,21 +340,26 @@ def _sample_on_writer(pool: Any) -> Callable[..., Any]:
 
 
 def check_on_policy(model: Any, rollouts: Any) -> None:
-    """Raise a ClusterError when ``rollouts`` were sampled with other weights than ``model``'s current
-    ones (a weight version behind): training stays on-policy. Nothing to check in one process, nor on
-    a trainer rank but the writer, which alone pushes the weights and holds their versions."""
+    """Raise a ClusterError when ``rollouts`` were sampled more than ``cluster.max_staleness`` weight
+    versions (default 0) behind ``model``'s current weights, and set ``rollouts.staleness`` to how many
+    they are. Nothing to check in one process, nor on a trainer rank but the writer, which alone pushes
+    the weights and holds their versions."""
     if _session is None or _session.rollout_pool is None or not is_writer():
         return
     current = _session.rollout_pool.version_of(model)
-    if rollouts.weight_version != current:
+    behind, allowed = current - rollouts.weight_version, _session.config.max_staleness
+    if not 0 <= behind <= allowed:
         raise ClusterError(
             f"stale rollouts: sampled with weight version {rollouts.weight_version}, but the policy is at "
-            f"version {current} ({current - rollouts.weight_version} optimizer step(s) since). Training "
-            "on them would be off-policy; sample again after the step (max_staleness, sampling ahead "
-            "of training with an importance correction, is not implemented)")
+            f"version {current} ({behind} optimizer step(s) since), more than cluster.max_staleness="
+            f"{allowed} allows. Training on them would be off-policy beyond what the run accepts; sample "
+            "again after the step, or raise max_staleness (sampling ahead of training, corrected with "
+            "truncated importance weights)")
+    rollouts.staleness = behind
 
 
 __all__ = ["ClusterError", "Rank", "Scorer", "barrier", "check_launched", "check_on_policy", "from_writer",
-           "is_writer", "launch", "own_dir", "place_workers", "rank_rows", "reduce_gradients",
-           "reward_scorer", "rollout_sampler", "set_rank", "shutdown", "start", "stop", "sum_over_ranks",
-           "this_rank", "use_workers"]
+           "full_state_dict", "full_weights", "is_writer", "launch", "lockstep", "own_dir", "place_workers",
+           "rank_rows", "reduce_gradients", "reward_scorer", "rollout_sampler", "sample_ahead", "set_rank",
+           "shard", "sharded", "shutdown", "start", "stop", "sum_over_ranks", "this_rank", "through_root",
+           "use_workers"]

@@ -22,8 +22,15 @@ they are the model config's on both sides.
 Faults: a worker that dies (SIGKILL, out of memory, a lost node) is restarted by Ray, loads the model
 from the config again and its share is sent again with the same version (``max_restarts`` /
 ``max_task_retries``), so it reloads the current weights before sampling; after ``RESTARTS`` deaths
-the run stops with a ClusterError. ``max_staleness`` (sampling ahead of training) and its importance
-correction are not implemented: sampling waits for the weights of the step before.
+the run stops with a ClusterError.
+
+Sampling ahead (``cluster.max_staleness`` > 0, one step off as verl's one_step_off and TRL's async
+GRPO): ``sample_ahead`` submits the next step's prompts to the workers right after this step's
+rollouts come back, with the weights they were sampled with, and returns at once; the driver trains
+meanwhile, and the next ``generate`` with the same arguments takes those rollouts (a version behind
+the policy then; the loss corrects with truncated importance weights, ``rl.RolloutCorrection``).
+Any other call samples as usual and leaves them waiting. A worker that dies in a share sampled ahead
+redoes it as above, with the version it was sent.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -100,9 +108,19 @@ def with_seed(sampling: SamplingParams) -> SamplingParams:
     return dataclasses.replace(sampling, seed=int(torch.randint(2**62, (1,)).item()))
 
 
+@dataclass
+class _Submitted:
+    """Shares being sampled: the call they answer, the weight version sent, one object per share."""
+
+    call: tuple[Any, ...]  # (prompt ids, n, sampling as asked, backend, engine options)
+    version: int
+    pending: list[Any]
+    shares: list[tuple[int, int]]
+
+
 class RolloutPool:
-    """``cluster.rollout_workers`` rollout workers placed on the run's cluster, and the weight version
-    they were last sent."""
+    """``cluster.rollout_workers`` rollout workers placed on the run's cluster, the weight version
+    they were last sent, and the shares sampled ahead (if any)."""
 
     def __init__(self, cluster: Cluster, config: ClusterConfig, model_config: ModelConfig) -> None:
         role = Role.of(config, "rollout")
@@ -113,6 +131,7 @@ class RolloutPool:
         self.version = -1
         self._signature: tuple[int, int] | None = None
         self._weights: Any = None  # the object of the last push
+        self._ahead: _Submitted | None = None
 
     def version_of(self, model: nn.Module) -> int:
         """The weight version of ``model``'s current weights: the last push's, or the next one when the
@@ -131,24 +150,44 @@ class RolloutPool:
                  *, backend: str = "torch", max_prompt_tokens: int | None = None,
                  engine_options: dict[str, Any] | None = None) -> Rollouts:
         """``posttrain.rollout.generate(...)``, the prompts shared out over the workers (see the module
-        docstring); ``Rollouts.weight_version`` is the version pushed for ``model``'s weights."""
+        docstring); ``Rollouts.weight_version`` is the version pushed for ``model``'s weights, or the
+        older one of rollouts sampled ahead for this very call."""
         start = time.perf_counter()
         prompt_ids = checked_prompt_ids(model, tokenizer, prompts, n, sampling, max_prompt_tokens)
-        sampling = with_seed(sampling)
-        self.push(model)
-        shares = share_bounds(len(prompt_ids), len(self.workers))
-        pending = [worker.generate.remote(self.version, [self._weights], prompt_ids[first:stop], n, sampling,
-                                          backend, engine_options)
-                   for worker, (first, stop) in zip(self.workers, shares)]
+        call = (prompt_ids, n, sampling, backend, engine_options)
+        if self._ahead is not None and self._ahead.call == call:
+            submitted, self._ahead = self._ahead, None
+        else:
+            submitted = self._submit(model, call)
         parts = [self._result(ref, index, first, stop)
-                 for index, (ref, (first, stop)) in enumerate(zip(pending, shares))]
-        for part, (first, _) in zip(parts, shares):  # each worker counts its prompts from 0
+                 for index, (ref, (first, stop)) in enumerate(zip(submitted.pending, submitted.shares))]
+        for part, (first, _) in zip(parts, submitted.shares):  # each worker counts its prompts from 0
             part.prompt_index = [first + index for index in part.prompt_index]
         rollouts = Rollouts.concat(parts)
         seconds = time.perf_counter() - start
         tokens = rollouts.timing.get("completion_tokens", 0.0)
         rollouts.timing.update(seconds=seconds, tokens_per_s=tokens / seconds if seconds > 0 else 0.0)
         return rollouts
+
+    def sample_ahead(self, model: nn.Module, tokenizer: Any, prompts: list[Any], n: int,
+                     sampling: SamplingParams, *, backend: str = "torch",
+                     max_prompt_tokens: int | None = None,
+                     engine_options: dict[str, Any] | None = None) -> None:
+        """Submit ``generate``'s shares for these arguments now, with ``model``'s current weights, and
+        return; the next ``generate`` call with the same arguments takes them."""
+        prompt_ids = checked_prompt_ids(model, tokenizer, prompts, n, sampling, max_prompt_tokens)
+        self._ahead = self._submit(model, (prompt_ids, n, sampling, backend, engine_options))
+
+    def _submit(self, model: nn.Module, call: tuple[Any, ...]) -> _Submitted:
+        prompt_ids, n, sampling, backend, engine_options = call
+        if sampling.seed is None:  # drawn as the engine draws it, so one process's global RNG moves alike
+            sampling = dataclasses.replace(sampling, seed=int(torch.randint(2**62, (1,)).item()))
+        self.push(model)
+        shares = share_bounds(len(prompt_ids), len(self.workers))
+        pending = [worker.generate.remote(self.version, [self._weights], prompt_ids[first:stop], n, sampling,
+                                          backend, engine_options)
+                   for worker, (first, stop) in zip(self.workers, shares)]
+        return _Submitted(call, self.version, pending, shares)
 
     def _result(self, ref: Any, worker: int, first: int, stop: int) -> Rollouts:
         try:

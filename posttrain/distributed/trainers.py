@@ -21,7 +21,8 @@ step data-parallel:
 
 Faults: a rank that dies (SIGKILL, out of memory, a lost node) stops the run with a ClusterError
 naming it; the others are stopped (they cannot go on without its share) and the last checkpoint
-resumes with ``--resume``, with the same or another number of ranks (the checkpoint is one process's).
+resumes with ``--resume``, with the same or another number of ranks (a ddp checkpoint is one process's;
+an fsdp one, written by every rank with torch.distributed.checkpoint, is resharded on load).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from posttrain import distributed
 from posttrain.data.chat import prompt_messages
 from posttrain.eval.metrics import mean_pass_at_k
 from posttrain.rollout import SamplingParams, generate
@@ -30,8 +31,9 @@ def evaluate_rows(model: nn.Module, tokenizer: Any, rows: list[dict[str, Any]], 
     for start in range(0, len(rows), prompts_per_batch):
         batch = rows[start:start + prompts_per_batch]
         prompts = [prompt_messages(row, system_prompt) for row in batch]
-        rollouts = generate(model, tokenizer, prompts, n=n, sampling=sampling,
-                            engine_options=engine_options)
+        with distributed.full_weights(model) as whole:  # fsdp trainer ranks: the engine reads whole weights
+            rollouts = generate(whole, tokenizer, prompts, n=n, sampling=sampling,
+                                engine_options=engine_options)
         for i, row in enumerate(batch):
             texts = rollouts.texts[i * n:(i + 1) * n]
             lengths = [len(ids) for ids in rollouts.completion_ids[i * n:(i + 1) * n]]

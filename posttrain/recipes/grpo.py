@@ -9,7 +9,8 @@ DeepSeekMath (arXiv:2402.03300), the RL stage of DeepSeek-R1-Zero (arXiv:2501.12
 4. advantage of each completion = its reward minus its group's mean, divided by the group's std
    (or the batch std, or nothing; or a leave-one-out baseline as in RLOO);
 5. μ times (``ppo_epochs``): the clipped surrogate with ε_low/ε_high plus β·KL(π‖π_ref), averaged
-   per sequence, per token or by a constant, summed over micro-batches, one optimizer step;
+   per sequence, per token or by a constant, summed over micro-batches, one optimizer step (with
+   ``rollout_correction: tis`` each token's surrogate weighted by min(π_old / q_sampler, C), TIS);
 6. log the rollouts and metrics, evaluate held-out problems with the task's own check() every
    ``run.eval_every`` steps, checkpoint every ``run.save_every`` steps.
 
@@ -43,6 +44,7 @@ from posttrain.models import ReferencePolicy
 from posttrain.rewards.base import RewardScores, TrainerState
 from posttrain.rewards.setup import build_reward_fns
 from posttrain.rl import (
+    RolloutCorrection,
     config_problems,
     group_metrics,
     reference_policy,
@@ -104,6 +106,11 @@ class Config:
     """Leave completions that hit max_new_tokens out of the loss (DAPO's overlong filtering)."""
     share_prompts: bool = True
     """Run each group's prompt through the model once per update pass, not G times (same numbers)."""
+    rollout_correction: str = "none"
+    """none, or tis: each token's clipped loss times min(π_old / q, tis_cap), q the sampler's own
+    log-probs (bf16 copy, top-p/top-k; Yao et al. 2025). On by itself with cluster.max_staleness > 0."""
+    tis_cap: float = 2.0
+    """C, where the truncated importance weights of rollout_correction are cut (the paper's 2)."""
 
     def check(self) -> list[str]:
         problems = []
@@ -113,6 +120,9 @@ class Config:
                             f"got {self.optimizer_steps_per_rollout}")
         if self.samples_per_prompt < 2:
             problems.append("samples_per_prompt must be >= 2: a group of one has no relative advantage")
+        if self.dynamic_sampling_rounds > 0 and self.cluster.max_staleness > 0:
+            problems.append("dynamic_sampling_rounds > 0 with cluster.max_staleness > 0: not supported (a "
+                            "step's rounds would mix weight versions); set one of them to 0")
         choices = {"kl_estimator": ("k1", "k2", "k3"), "reference": ("frozen", "adapter"),
                    "loss_agg": ("sequence_mean", "token_mean", "constant"),
                    "advantage_baseline": ("mean", "leave_one_out"),
@@ -121,10 +131,11 @@ class Config:
 
 
 def _sample_groups(config: Config, model: Any, tokenizer: Any, rows: list[dict[str, Any]],
-                   reward_fns: list[Any], step: int) -> tuple[Any, Any, list[dict[str, Any]]]:
+                   reward_fns: list[Any], step: int,
+                   ahead: list[dict[str, Any]] | None = None) -> tuple[Any, Any, list[dict[str, Any]]]:
     """Steps 2-3 for a list of prompt rows: rollouts, their reward scores, one row per sample."""
     return sample_and_score(model, tokenizer, rows, reward_fns, config.samples_per_prompt, config.sampling,
-                            config.data, trainer_state=TrainerState(step - 1, config.run.steps))
+                            config.data, trainer_state=TrainerState(step - 1, config.run.steps), ahead=ahead)
 
 
 def _concat(parts: list[tuple[Any, Any, list[dict[str, Any]]]]) -> tuple[Any, Any, list[dict[str, Any]]]:
@@ -134,10 +145,14 @@ def _concat(parts: list[tuple[Any, Any, list[dict[str, Any]]]]) -> tuple[Any, An
 
 
 def rollout_step(config: Config, model: Any, tokenizer: Any, next_rows: Callable[[], list[dict[str, Any]]],
-                 reward_fns: list[Any], step: int) -> tuple[Any, Any, list[dict[str, Any]], torch.Tensor]:
-    """Sample, score and compute advantages at ``step``; with dynamic sampling, refill all-equal groups."""
+                 reward_fns: list[Any], step: int, next_step_rows: Callable[[], list[Any]] | None = None,
+                 ) -> tuple[Any, Any, list[dict[str, Any]], torch.Tensor]:
+    """Sample, score and compute advantages at ``step``; with dynamic sampling, refill all-equal groups.
+    ``next_step_rows()``: the next step's rows, which rollout workers may sample ahead."""
     G = config.samples_per_prompt
-    parts = [_sample_groups(config, model, tokenizer, next_rows(), reward_fns, step)]
+    rows = next_rows()
+    ahead = next_step_rows() if next_step_rows is not None else None
+    parts = [_sample_groups(config, model, tokenizer, rows, reward_fns, step, ahead)]
     for _ in range(config.dynamic_sampling_rounds):
         flat = torch.cat([p[1].total for p in parts])
         n_informative = int((~zero_std_groups(flat, G)).sum())
@@ -153,7 +168,9 @@ def rollout_step(config: Config, model: Any, tokenizer: Any, next_rows: Callable
 def policy_update(config: Config, model: Any, stepper: Stepper, reference: ReferencePolicy | None,
                   batch: dict[str, torch.Tensor], advantages_N: torch.Tensor,
                   loss_mask_NT: torch.Tensor) -> dict[str, float]:
-    """Step 5: μ optimizer steps of the clipped objective over micro-batches of the rollout batch."""
+    """Step 5: μ optimizer steps of the clipped objective over micro-batches of the rollout batch (with
+    TIS weights against the sampler when ``rollout_correction`` is on)."""
+    tis = RolloutCorrection(config)  # off unless rollout_correction: tis or cluster.max_staleness > 0
     temperature = scoring_temperature(config.sampling)
 
     def logprobs_of(m: Any, rows: slice, entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -176,18 +193,21 @@ def policy_update(config: Config, model: Any, stepper: Stepper, reference: Refer
 
     def micro_loss(rows: slice) -> tuple[torch.Tensor, dict[str, float]]:
         logprobs_NT, entropy_NT = logprobs_of(model, rows, entropy=True)
+        old = old_NT[rows] if old_NT is not None else logprobs_NT.detach()
         loss, metrics = policy_loss(
-            logprobs_NT, old_NT[rows] if old_NT is not None else logprobs_NT.detach(), advantages_N[rows],
+            logprobs_NT, old, advantages_N[rows],
             loss_mask_NT[rows], clip_eps_low=config.clip_eps_low, clip_eps_high=config.clip_eps_high,
             agg=config.loss_agg, max_tokens=config.sampling.max_new_tokens,
             ref_logprobs=ref_NT[rows] if ref_NT is not None else None, beta=config.beta,
-            kl_estimator=config.kl_estimator)
+            kl_estimator=config.kl_estimator,
+            is_weights=tis.weights(old, batch, rows, loss_mask_NT[rows]))
         mask = loss_mask_NT[rows]
         metrics["entropy"] = float((entropy_NT * mask).sum() / mask.sum().clamp(min=1))
         return loss, metrics
 
-    return update_passes(stepper, config.ppo_epochs, config.optimizer_steps_per_rollout,
-                         config.micro_batch_size, config.loss_agg, lambda: (loss_mask_NT, micro_loss))
+    metrics = update_passes(stepper, config.ppo_epochs, config.optimizer_steps_per_rollout,
+                            config.micro_batch_size, config.loss_agg, lambda: (loss_mask_NT, micro_loss))
+    return {**metrics, **tis.step_metrics()}
 
 
 def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]] | None = None,
@@ -210,7 +230,8 @@ def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]]
         started = time.perf_counter()
         s.model.eval()
         rollouts, scores, sample_rows, advantages_N = rollout_step(
-            config, s.model, s.tokenizer, lambda: order.take(P), rewards, step)
+            config, s.model, s.tokenizer, lambda: order.take(P), rewards, step,
+            (lambda: order.peek(P)) if step < config.run.steps else None)
         rollout_s = time.perf_counter() - started
         s.model.train()
         batch, truncated_N = training_batch(rollouts, s.tokenizer.pad_token_id, s.device)
@@ -222,7 +243,7 @@ def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]]
             loss_mask_NT = loss_mask_NT * (~truncated_N)[:, None]
         update = policy_update(config, s.model, s.stepper, reference, batch, advantages_N.to(s.device),
                                loss_mask_NT)
-        metrics = {k if k.startswith("train/") else f"policy/{k}": v for k, v in update.items()}
+        metrics = {k if k.startswith(("train/", "rollout/")) else f"policy/{k}": v for k, v in update.items()}
         metrics["train/loss"] = metrics.pop("policy/loss", 0.0)
         metrics.update(rollout_metrics(rollouts, scores))
         metrics.update({**group_metrics(scores, G), "time/rollout_s": rollout_s,

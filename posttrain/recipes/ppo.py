@@ -15,7 +15,8 @@ V (trained; a value head on the policy's backbone or its own, ``posttrain.critic
 4. per-token rewards r_t = -β (log π_old - log π_ref), plus s on the last token;
 5. GAE(γ, λ): advantages A_t and returns R_t = A_t + V_old; A whitened over the batch;
 6. μ epochs (``ppo_epochs``) over the batch, shuffled into ``mini_batches`` optimizer steps each, of
-   the clipped surrogate (ε) + ``vf_coef`` · the clipped value loss, both averaged over tokens;
+   the clipped surrogate (ε; TIS-weighted with ``rollout_correction``) + ``vf_coef`` · the clipped value
+   loss, both averaged over tokens;
 7. with ``kl_target``, β follows Ziegler et al.'s proportional controller. Every ``run.eval_every``
    steps greedy held-out responses are scored by the rewards (``eval/reward``) and the task's check()
    (``eval/accuracy``). Checkpoints hold the policy and the critic; final/ the policy.
@@ -50,17 +51,18 @@ from posttrain.models import ReferencePolicy
 from posttrain.rewards.base import TrainerState
 from posttrain.rewards.setup import build_reward_fns
 from posttrain.rl import (
+    RolloutCorrection,
     config_problems,
     group_metrics,
-    held_out_rewards,
     reference_policy,
+    reward_evaluation,
     rollout_metrics,
     sample_and_score,
     scoring_temperature,
     training_batch,
     update_passes,
 )
-from posttrain.runner import Setup, held_out_metrics, log_rollout_samples, setup
+from posttrain.runner import held_out_metrics, log_rollout_samples, setup
 from posttrain.training import Stepper, autocast, micro_batches
 
 REWARD_MODEL = "reward_model:"
@@ -116,6 +118,10 @@ class Config:
     """The critic's learning rate (0: optim.lr); a new value head learns slowly at a policy's rate."""
     missing_eos_penalty: float = 0.0
     """Subtracted from the score of a response cut at max_new_tokens (it never ended)."""
+    rollout_correction: str = "none"
+    """none, or tis: truncated importance weights against the sampler (as grpo's; on with max_staleness)."""
+    tis_cap: float = 2.0
+    """C, where the truncated importance weights of rollout_correction are cut (the paper's 2)."""
 
     def eval_metrics(self) -> list[str]:  # what run.keep_best may choose by
         return held_out_metrics(rewards=True)
@@ -186,9 +192,10 @@ def ppo_targets(config: Config, ac: ActorCritic, reference: ReferencePolicy | No
     return targets, metrics
 
 
-def _loss_of(config: Config, ac: ActorCritic,
-             b: Tensors) -> Callable[[slice], tuple[torch.Tensor, dict[str, float]]]:
-    """Step 6's loss on rows of the (shuffled) batch ``b``: clipped surrogate + vf_coef · value loss."""
+def _loss_of(config: Config, ac: ActorCritic, b: Tensors,
+             correction: RolloutCorrection) -> Callable[[slice], tuple[torch.Tensor, dict[str, float]]]:
+    """Step 6's loss on rows of the (shuffled) batch ``b``: clipped surrogate (TIS-weighted when the
+    correction is on) + vf_coef · value loss."""
     temperature = scoring_temperature(config.sampling)
 
     def micro_loss(rows: slice) -> tuple[torch.Tensor, dict[str, float]]:
@@ -196,9 +203,11 @@ def _loss_of(config: Config, ac: ActorCritic,
             logprobs_NT, entropy_NT, values_NT = ac.logprobs_and_values(
                 *_rows(b, rows), temperature=temperature, with_entropy=True)
         mask_NT = b["mask"][rows]
-        pg_loss, pg_metrics = policy_loss(logprobs_NT, b["old_logprobs"][rows], b["advantages"][rows],
-                                          mask_NT, clip_eps_low=config.clip_eps,
-                                          clip_eps_high=config.clip_eps, agg="token_mean")
+        old_NT = b["old_logprobs"][rows]
+        pg_loss, pg_metrics = policy_loss(logprobs_NT, old_NT, b["advantages"][rows], mask_NT,
+                                          clip_eps_low=config.clip_eps, clip_eps_high=config.clip_eps,
+                                          agg="token_mean",
+                                          is_weights=correction.weights(old_NT, b, rows, mask_NT))
         vf_loss, vf_metrics = value_loss(values_NT, b["old_values"][rows], b["returns"][rows], mask_NT,
                                          clip_range=config.value_clip or None, agg="token_mean")
         metrics = {f"policy/{k}": v for k, v in pg_metrics.items()}
@@ -213,32 +222,17 @@ def _loss_of(config: Config, ac: ActorCritic,
 def ppo_update(config: Config, ac: ActorCritic, stepper: Stepper, batch: Tensors,
                targets: Tensors) -> dict[str, float]:
     """Step 6: μ passes over the batch, each reshuffled, ``mini_batches`` optimizer steps each."""
+    correction = RolloutCorrection(config)
 
     def shuffled_pass() -> tuple[torch.Tensor, Callable[[slice], tuple[torch.Tensor, dict[str, float]]]]:
         order_N = torch.randperm(len(targets["mask"])).to(targets["mask"].device)  # global RNG: resumes alike
         shuffled = {key: value[order_N] for key, value in {**batch, **targets}.items()}
-        return shuffled["mask"], _loss_of(config, ac, shuffled)
+        return shuffled["mask"], _loss_of(config, ac, shuffled, correction)
 
     metrics = update_passes(stepper, config.ppo_epochs, config.mini_batches, config.micro_batch_size,
                             "token_mean", shuffled_pass)
     metrics["train/loss"] = metrics.pop("loss", 0.0)
-    return metrics
-
-
-def _evaluate_rewards(config: Config, s: Setup, policy: Any, rewards: list[Any]) -> None:
-    """Add to the held-out evaluation (the task's check(), on ``policy``: see ``setup``) the rewards of
-    the policy's greedy responses (eval/reward)."""
-
-    def reward_evaluation(step: int) -> dict[str, float]:
-        metrics = held_out_rewards(policy, s.tokenizer, s.eval_rows, rewards, config.sampling, config.data,
-                                   TrainerState(step, config.run.steps))
-        if metrics:
-            s.run.tracker.log(step, {f"eval/{k}": v for k, v in metrics.items()})
-            print(f"[eval] step {step}: mean reward {metrics['reward']:.4f} of greedy responses to "
-                  f"{len(s.eval_rows)} held-out prompts")
-        return metrics
-
-    s.also_evaluate(reward_evaluation)
+    return {**metrics, **correction.step_metrics()}
 
 
 def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]] | None = None,
@@ -254,7 +248,7 @@ def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]]
               lr_by_prefix={"value_head.": config.critic_lr, "critic_backbone.": config.critic_lr}
               if config.critic_lr > 0 else None)
     ac: ActorCritic = s.model
-    _evaluate_rewards(config, s, ac.policy, rewards)
+    s.also_evaluate(reward_evaluation(config, s, ac.policy, rewards))
     reference = reference_policy(config.model, ac.policy, config.beta, config.reference, s.run.start_step > 0)
     kl_control = None
     if config.kl_target > 0:
@@ -273,8 +267,10 @@ def train(config: Config, *, reward_fns: list[Callable[..., list[float | None]]]
         started = time.perf_counter()
         ac.eval()
         progress = TrainerState(global_step=step - 1, max_steps=config.run.steps)
-        rollouts, scores, sample_rows = sample_and_score(ac.policy, s.tokenizer, order.take(P), rewards, G,
-                                                         config.sampling, config.data, trainer_state=progress)
+        rows, ahead = order.take(P), (order.peek(P) if step < config.run.steps else None)  # see max_staleness
+        rollouts, scores, sample_rows = sample_and_score(ac.policy, s.tokenizer, rows, rewards, G,
+                                                         config.sampling, config.data, trainer_state=progress,
+                                                         ahead=ahead)
         rollout_s = time.perf_counter() - started
         batch, truncated_N = training_batch(rollouts, s.tokenizer.pad_token_id, s.device)
         beta = kl_control.value if kl_control is not None else config.beta

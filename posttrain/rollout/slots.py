@@ -24,8 +24,8 @@ How one ``generate`` call runs (``engine_options.slots`` > 0, a Llama-layout mod
    floating-point rounding: matmuls over different batch shapes may differ in the last bits, which
    flips a token only when its uniform lands within that rounding of a boundary of the CDF.
 
-Tokens are sampled with ``sample_tokens`` (inverse CDF), so temperature, top-k, top-p and the
-log-probs (pre-truncation, equal to a re-scoring) are exactly those of the batch engine.
+Tokens are sampled with ``sample_tokens`` (inverse CDF), so temperature, top-k, top-p and both
+log-probs (pre-truncation, equal to a re-scoring; the sampler's own) are exactly the batch engine's.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from posttrain.errors import ConfigError
+from posttrain.rollout.sampling import sample_tokens, sample_workspace
 from posttrain.rollout.torch_engine import (
     LeanDecoder,
     StopChecker,
@@ -46,8 +47,6 @@ from posttrain.rollout.torch_engine import (
     _Sampled,
     eos_ids,
     make_cache,
-    sample_tokens,
-    sample_workspace,
 )
 from posttrain.rollout.types import DecodeOptions, SamplingParams
 
@@ -163,6 +162,7 @@ class SlotRun:
         self.tokens_NT = torch.zeros((self.rows, sampling.max_new_tokens), **long)
         self.logprobs_NT = torch.zeros((self.rows, sampling.max_new_tokens), dtype=torch.float32,
                                        device=self.device)
+        self.sampler_NT = torch.zeros_like(self.logprobs_NT)
         self.next_row = 0  # the first sample still waiting for a slot
         self.bank: dict[int, tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]] = {}
         self.decoder = LeanDecoder(model)
@@ -183,6 +183,7 @@ class SlotRun:
                 break
             self.step(bucket_for(occupied[-1] + 1, self.buckets))
         self.out.tokens, self.out.logprobs = self.tokens_NT.cpu(), self.logprobs_NT.cpu()
+        self.out.sampler_logprobs = self.sampler_NT.cpu()
         self.out.decode_s = time.perf_counter() - start - self.out.prefill_s
         return self.out
 
@@ -190,11 +191,12 @@ class SlotRun:
         """Sample a token for every slot of the bucket, finish rows, run the model, refill, shrink."""
         rows_B, gen_B = self.row_S[:bucket], self.gen_S[:bucket]
         uniform_B = counter_uniforms(self.key_S[:bucket], gen_B)
-        tokens_B, logprobs_B = sample_tokens(self.logits_SV[:bucket], self.sampling, None, "inverse_cdf",
-                                             self.workspace, uniform_B)
+        tokens_B, logprobs_B, sampler_B = sample_tokens(self.logits_SV[:bucket], self.sampling, None,
+                                                        "inverse_cdf", self.workspace, uniform_B)
         live_B = rows_B >= 0
         self.tokens_NT[rows_B[live_B], gen_B[live_B]] = tokens_B[live_B]
         self.logprobs_NT[rows_B[live_B], gen_B[live_B]] = logprobs_B[live_B]
+        self.sampler_NT[rows_B[live_B], gen_B[live_B]] = sampler_B[live_B]
         gen_B += live_B
         stopped_B = live_B & torch.isin(tokens_B, self.eos_E)
         if self.checker is not None:

@@ -11,7 +11,8 @@ through the refilling slots of ``slots.py``, which reuse its prefill, decoder an
    step). Llama-layout models (Llama, Mistral, Qwen2) decode through ``LeanDecoder``, any other HF
    decoder through its own forward (``decoder="hf"``). Finished rows leave the batch.
 4. Sampling: temperature, top-k, then top-p; one uniform per row from a ``torch.Generator`` seeded
-   per call (per sample in slots), inverted through a two-level CDF (``_inverse_cdf``).
+   per call (per sample in slots), inverted through a two-level CDF (``sampling.py``). Each token
+   keeps two log-probs: the untruncated one (= a re-scoring) and the sampler's own (after top-k/top-p).
 
 Weights: ``dtype="float32"`` (the default, as the recipes' ``sampling.dtype``) samples the training
 model itself, so the log-probs equal a re-scoring pass. ``dtype="bfloat16"`` samples an engine-owned
@@ -34,12 +35,14 @@ from torch import nn
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from posttrain.errors import ConfigError
+from posttrain.rollout.sampling import sample_tokens, sample_workspace
 from posttrain.rollout.types import DecodeOptions, Rollouts, SamplingParams
 from posttrain.rollout.weights import weights_signature
 
+__all__ = ["LeanDecoder", "SlabLayer", "StopChecker", "TorchEngine", "eos_ids", "make_cache", "sample_tokens",
+           "sample_workspace"]
+
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-# A nucleus is looked for among this many top tokens first; a full sort only when it is not there.
-_TOP_P_CANDIDATES = 256
 
 
 class SlabLayer(DynamicLayer):
@@ -207,129 +210,6 @@ class LeanDecoder:
         return logits_BV if self.lm_head.bias is None else logits_BV.add_(self.lm_head.bias)
 
 
-_BLOCK = 256  # vocabulary block of the two-level inverse CDF
-
-
-def sample_workspace(rows: int, vocab: int, device: torch.device) -> torch.Tensor:
-    """A reusable fp32 [rows, vocab rounded up to a block] buffer for ``sample_tokens``.
-
-    Reusing it matters on CPU: a fresh 12 MB tensor per step is fresh pages, and the page faults
-    made the softmax of batch 64 x 49k vocabulary ~15x slower than on warm memory (measured here).
-    """
-    return torch.zeros((rows, -(-vocab // _BLOCK) * _BLOCK), dtype=torch.float32, device=device)
-
-
-def sample_tokens(logits_BV: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None,
-                  sampler: str = "inverse_cdf", workspace: torch.Tensor | None = None,
-                  uniform_B: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one token per row; return ``(tokens_B, logprobs_B)``. ``uniform_B`` (float64 in [0, 1),
-    inverse_cdf only) gives each row its uniform instead of drawing them from ``generator``.
-
-    logprob = log_softmax(logits / T)[token] with T = temperature (1 when greedy), taken before the
-    top-k/top-p truncation so that it equals a re-scoring forward pass at the same temperature.
-    Top-k keeps the k most likely tokens; top-p (Holtzman et al., arXiv:1904.09751) then keeps the
-    smallest set of most likely tokens whose (renormalised) probability reaches p.
-    """
-    rows, vocab = logits_BV.shape
-    if workspace is None:
-        workspace = sample_workspace(rows, vocab, logits_BV.device)
-    padded_BP = workspace[:rows]  # zeros beyond the vocabulary
-    probs_BV = padded_BP[:, :vocab].copy_(logits_BV)
-    if sampling.temperature == 0:
-        tokens_B = logits_BV.argmax(dim=-1)
-        chosen_B = probs_BV.gather(1, tokens_B[:, None])[:, 0]
-        return tokens_B, chosen_B - _logsumexp_(probs_BV)
-    if sampling.temperature != 1.0:
-        probs_BV.mul_(1.0 / sampling.temperature)
-    _logsumexp_(probs_BV)
-    probs_BV.div_(probs_BV.sum(dim=-1, keepdim=True))  # softmax, in place
-    weights_BV = _truncate(probs_BV, sampling.top_k, sampling.top_p)
-    if sampler == "inverse_cdf":
-        tokens_B = _inverse_cdf(padded_BP, generator, uniform_B)
-    elif sampler == "exponential":
-        # Exponential race: argmax w_i / E_i with E_i ~ Exp(1) draws i with probability ∝ w_i.
-        noise_BV = torch.empty_like(weights_BV).exponential_(generator=generator)
-        tokens_B = (weights_BV / noise_BV).argmax(dim=-1)
-    else:
-        tokens_B = torch.multinomial(weights_BV, 1, generator=generator)[:, 0]
-    # Truncation zeroed only other tokens; a sampled token is never far in the tail, so log(p) of the
-    # softmax loses no precision here.
-    if sampling.top_k > 0 or sampling.top_p < 1.0:
-        probs_BV = _untruncated(probs_BV, logits_BV, sampling)
-    logprobs_B = probs_BV.gather(1, tokens_B[:, None])[:, 0].log()
-    return tokens_B, logprobs_B
-
-
-def _logsumexp_(x_BV: torch.Tensor) -> torch.Tensor:
-    """logsumexp over the last dim [B]; leaves exp(x - max) in ``x_BV`` (no [B, V] allocation)."""
-    max_B1 = x_BV.amax(dim=-1, keepdim=True)
-    x_BV.sub_(max_B1).exp_()
-    return max_B1[:, 0] + x_BV.sum(dim=-1).log()
-
-
-def _untruncated(probs_BV: torch.Tensor, logits_BV: torch.Tensor, sampling: SamplingParams) -> torch.Tensor:
-    """Softmax(logits / T) again, when top-k/top-p truncation zeroed entries in place."""
-    probs_BV.copy_(logits_BV).mul_(1.0 / sampling.temperature)
-    _logsumexp_(probs_BV)
-    return probs_BV.div_(probs_BV.sum(dim=-1, keepdim=True))
-
-
-def _inverse_cdf(weights_BP: torch.Tensor, generator: torch.Generator | None,
-                 uniform_B: torch.Tensor | None = None) -> torch.Tensor:
-    """Index drawn with probability ∝ weights [B, P] (P a multiple of the block), one uniform per row.
-
-    Two levels (block masses, then a cumulative sum inside the chosen block) keep the rounding
-    error of each token's interval at the size of its block, not of the whole vocabulary, and cost
-    one pass over the weights (torch.multinomial draws one exponential per vocabulary entry).
-    """
-    rows = weights_BP.shape[0]
-    blocks_BNb = weights_BP.view(rows, -1, _BLOCK)  # [B, nb, block]
-    # Block sums in fp32 (a pass over the weights), their running total in float64 (tiny).
-    mass_Bn = blocks_BNb.sum(dim=-1).double()  # [B, nb]
-    cdf_Bn = mass_Bn.cumsum(dim=-1)
-    total_B1 = cdf_Bn[:, -1:]
-    uniform_B1 = uniform_B[:, None] if uniform_B is not None else torch.rand(
-        (rows, 1), generator=generator, dtype=torch.float64, device=weights_BP.device)
-    # Strictly below the total, so the first cdf entry above it belongs to a block with mass > 0.
-    target_B1 = torch.minimum(uniform_B1 * total_B1, total_B1.nextafter(torch.zeros_like(total_B1)))
-    block_B1 = torch.searchsorted(cdf_Bn, target_B1, right=True)
-    inside_B1 = target_B1 - (cdf_Bn.gather(1, block_B1) - mass_Bn.gather(1, block_B1))
-    chosen_Bb = blocks_BNb[torch.arange(rows, device=weights_BP.device), block_B1[:, 0]]  # [B, block]
-    inner_Bb = chosen_Bb.double().cumsum(dim=-1)
-    inside_B1 = torch.minimum(inside_B1, inner_Bb[:, -1:].nextafter(torch.zeros_like(inside_B1)))
-    offset_B1 = torch.searchsorted(inner_Bb, inside_B1.clamp(min=0), right=True)
-    return (block_B1 * _BLOCK + offset_B1)[:, 0]
-
-
-def _truncate(probs_BV: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """``probs_BV`` with the tokens cut by top-k, then top-p, set to 0 IN PLACE (exact counts, ties
-    included); the same tensor when nothing is cut."""
-    vocab = probs_BV.shape[-1]
-    if top_k <= 0 and top_p >= 1.0:
-        return probs_BV
-    k = min(top_k, vocab) if top_k > 0 else min(_TOP_P_CANDIDATES, vocab)
-    values_BK, index_BK = probs_BV.topk(k, dim=-1)  # sorted, descending
-    keep_BK = torch.ones_like(values_BK, dtype=torch.bool)
-    if top_p < 1.0:
-        if top_k > 0:
-            values_BK = values_BK / values_BK.sum(dim=-1, keepdim=True)
-        keep_BK = _nucleus(values_BK, top_p)
-    keep_BV = torch.zeros_like(probs_BV, dtype=torch.bool).scatter_(1, index_BK, keep_BK)
-    if top_p < 1.0 and top_k <= 0:
-        # Rows whose nucleus is wider than the shortlist: sort just those rows over the vocabulary.
-        wide = (values_BK.sum(dim=-1) < top_p).nonzero()[:, 0]
-        if wide.numel():
-            values_RV, index_RV = probs_BV[wide].sort(dim=-1, descending=True)
-            keep_BV[wide] = torch.zeros_like(values_RV, dtype=torch.bool).scatter_(
-                1, index_RV, _nucleus(values_RV, top_p))
-    return probs_BV.masked_fill_(~keep_BV, 0.0)
-
-
-def _nucleus(sorted_BK: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Holtzman et al. (arXiv:1904.09751): a token stays while the mass before it is below top_p."""
-    return (sorted_BK.cumsum(dim=-1) - sorted_BK) < top_p
-
-
 class StopChecker:
     """Finds rows whose decoded tail now contains a stop string (decoding only the last few tokens)."""
 
@@ -458,15 +338,16 @@ class TorchEngine:
         tokens_NT = torch.zeros((n_rows, max_new), dtype=torch.long, device=device)
         workspace = sample_workspace(n_rows, state.logits.shape[-1], device)
         logprobs_NT = torch.zeros((n_rows, max_new), dtype=torch.float32, device=device)
+        sampler_NT = torch.zeros_like(logprobs_NT)
         eos_E = torch.tensor(eos, dtype=torch.long, device=device)
         out = _Sampled(lengths=[max_new] * n_rows, reasons=["length"] * n_rows)
         use_lean = options.decoder == "lean" and LeanDecoder.supports(model, cache)
         lean = LeanDecoder(model) if use_lean else None
         for step in range(max_new):
-            tokens_B, logprobs_B = sample_tokens(state.logits, sampling, generator, options.sampler,
-                                                 workspace)
+            tokens_B, logprobs_B, sampler_B = sample_tokens(state.logits, sampling, generator,
+                                                            options.sampler, workspace)
             tokens_NT[rows_B, step] = tokens_B
-            logprobs_NT[rows_B, step] = logprobs_B
+            logprobs_NT[rows_B, step], sampler_NT[rows_B, step] = logprobs_B, sampler_B
             done_B = torch.isin(tokens_B, eos_E) & live_B
             if checker is not None:
                 done_B |= _stop_hits(checker, tokens_NT, rows_B, live_B & ~done_B, step)
@@ -493,7 +374,7 @@ class TorchEngine:
             state.width += 1
             state.pos = state.pos + 1
         out.tokens = tokens_NT.cpu()
-        out.logprobs = logprobs_NT.cpu()
+        out.logprobs, out.sampler_logprobs = logprobs_NT.cpu(), sampler_NT.cpu()
         return out
 
     def _collect(self, tokenizer: Any, prompt_ids: list[list[int]], n: int, sampling: SamplingParams,
@@ -522,6 +403,7 @@ class TorchEngine:
             completion_ids=completions,
             texts=texts,
             logprobs=[sampled.logprobs[i, :length].clone() for i, length in enumerate(sampled.lengths)],
+            sampler_logprobs=[sampled.sampler_logprobs[i, :n].clone() for i, n in enumerate(sampled.lengths)],
             finish_reasons=reasons,
             prompt_index=[i // n for i in range(len(completions))],
             timing=timing,
@@ -542,6 +424,7 @@ class _Sampled:
     reasons: list[str]  # [N]
     tokens: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # [N, max_new]
     logprobs: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # [N, max_new]
+    sampler_logprobs: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # [N, max_new]
     steps: int = 0
     prefill_s: float = 0.0
     decode_s: float = 0.0

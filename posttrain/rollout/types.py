@@ -20,8 +20,10 @@ SAMPLERS = ("inverse_cdf", "multinomial", "exponential")
 class SamplingParams:
     """How to sample completions.
 
-    Log-probs returned with the samples are ``log_softmax(logits / temperature)`` (temperature 1 when
-    greedy) *before* top-k/top-p truncation, so they equal a re-scoring pass at the same temperature.
+    Two log-probs come back with each sampled token: ``Rollouts.logprobs``, ``log_softmax(logits /
+    temperature)`` (temperature 1 when greedy) *before* top-k/top-p truncation, so they equal a
+    re-scoring pass at the same temperature; and ``Rollouts.sampler_logprobs``, the log-prob under the
+    distribution actually sampled from (after temperature, top-k and top-p, renormalised).
     """
 
     temperature: float = 1.0
@@ -101,16 +103,26 @@ class Rollouts:
     texts: list[str]
     """[N] decoded completions: special tokens skipped, cut right after a stop string."""
     logprobs: list[torch.Tensor]
-    """[N] float32 [len(completion_ids[i])]: log-prob of each sampled token (see SamplingParams)."""
+    """[N] float32 [len(completion_ids[i])]: log-prob of each sampled token before top-k/top-p truncation,
+    as a re-scoring at the sampling temperature gives it (see SamplingParams)."""
     finish_reasons: list[str]
     """[N] "stop" (EOS or stop string) or "length" (max_new_tokens reached)."""
     prompt_index: list[int]
     """[N] the input prompt each sample belongs to."""
     timing: dict[str, float] = field(default_factory=dict)
     """prompt_tokens, completion_tokens, seconds, tokens_per_s (completion tokens per second)."""
+    sampler_logprobs: list[torch.Tensor] = field(default_factory=list)
+    """[N] float32 [len(completion_ids[i])]: log-prob of each sampled token under the distribution it
+    was drawn from (temperature, top-k, top-p, renormalised; 0 when greedy): what importance weights
+    against the sampler need. Equal to ``logprobs`` when nothing is truncated; empty only in a
+    ``Rollouts`` built by hand."""
     weight_version: int = 0
     """The version of the policy's weights the samples came from: 0 in one process; on rollout workers,
-    the count of weight pushes after the first (the trainer refuses a version that is not its own)."""
+    the count of weight pushes after the first (the trainer refuses one more than ``cluster.max_staleness``
+    versions behind its own)."""
+    staleness: int | None = None
+    """Weight versions between the samples' and the policy's when the trainer took them (set by
+    ``distributed.check_on_policy`` on rollout workers; None in one process)."""
 
     def __len__(self) -> int:
         return len(self.completion_ids)
@@ -123,16 +135,16 @@ class Rollouts:
         if len(versions) != 1:
             raise ValueError(f"rollouts of weight versions {versions} cannot be one batch")
         lists = {f.name: [x for part in parts for x in getattr(part, f.name)]
-                 for f in fields(cls) if f.name not in ("timing", "weight_version")}
+                 for f in fields(cls) if f.name not in ("timing", "weight_version", "staleness")}
         timing = {key: sum(part.timing.get(key, 0.0) for part in parts) for key in parts[0].timing}
-        return cls(**lists, timing=timing, weight_version=versions[0])
+        return cls(**lists, timing=timing, weight_version=versions[0], staleness=parts[0].staleness)
 
     def to_batch(self, pad_id: int, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
         """Prompt + completion per row, right-padded to the longest row T.
 
-        Returns ``input_ids``, ``attention_mask``, ``completion_mask`` (1 on completion tokens) and
-        ``logprobs`` (sampled log-probs at the completion positions, 0 elsewhere), all [N, T], and
-        ``prompt_lengths`` [N].
+        Returns ``input_ids``, ``attention_mask``, ``completion_mask`` (1 on completion tokens),
+        ``logprobs`` and ``sampler_logprobs`` (at the completion positions, 0 elsewhere; the second only
+        when the rollouts have them), all [N, T], and ``prompt_lengths`` [N].
         """
         n_rows = len(self.completion_ids)
         lengths = [len(p) + len(c) for p, c in zip(self.prompt_ids, self.completion_ids)]
@@ -141,13 +153,18 @@ class Rollouts:
         attention_mask = torch.zeros((n_rows, width), dtype=torch.long)  # [N, T]
         completion_mask = torch.zeros((n_rows, width), dtype=torch.long)  # [N, T]
         logprobs = torch.zeros((n_rows, width), dtype=torch.float32)  # [N, T]
+        sampler = torch.zeros_like(logprobs) if self.sampler_logprobs else None  # [N, T]
         for i, (prompt, completion) in enumerate(zip(self.prompt_ids, self.completion_ids)):
             start, end = len(prompt), lengths[i]
             input_ids[i, :end] = torch.tensor(prompt + completion, dtype=torch.long)
             attention_mask[i, :end] = 1
             completion_mask[i, start:end] = 1
             logprobs[i, start:end] = self.logprobs[i].float().cpu()
+            if sampler is not None:
+                sampler[i, start:end] = self.sampler_logprobs[i].float().cpu()
         prompt_lengths = torch.tensor([len(p) for p in self.prompt_ids], dtype=torch.long)  # [N]
         batch = {"input_ids": input_ids, "attention_mask": attention_mask,
                  "completion_mask": completion_mask, "logprobs": logprobs, "prompt_lengths": prompt_lengths}
+        if sampler is not None:
+            batch["sampler_logprobs"] = sampler
         return {k: v.to(device) for k, v in batch.items()} if device is not None else batch

@@ -4,8 +4,12 @@ Unchecked in this project's CI (no GPU): it follows vLLM's documented offline AP
 1. The policy is written once as an HF folder (``posttrain.models.save_pretrained``) and a
    ``vllm.LLM`` is built from it, sharing the GPU with training (``gpu_memory_utilization``).
 2. ``generate`` maps ``SamplingParams`` onto vLLM's and returns the same ``Rollouts`` as the torch
-   engine, with vLLM's per-token log-probs in ``processed_logprobs`` mode, i.e.
-   log_softmax(logits / T) before top-k/top-p, the same contract as the torch engine.
+   engine. vLLM returns one kind of log-prob per engine (``logprobs_mode``); this one asks for
+   ``processed_logprobs``, which vLLM documents as "the values after applying all processors,
+   including temperature and top_k/top_p": the log-prob under the distribution actually sampled from,
+   i.e. the sampler's own, ``Rollouts.sampler_logprobs``. ``Rollouts.logprobs`` carries the same
+   values, so it equals the torch engine's (pre-truncation, a re-scoring) only when top_k = 0 and
+   top_p = 1. (vLLM's default, ``raw_logprobs``, is before temperature too.)
 3. ``sync_weights(model)`` pushes the training weights into the running engine through
    ``LLM.collective_rpc`` and each worker's ``model_runner.model.load_weights`` (HF parameter
    names), then drops the prefix cache, whose KV entries came from the old weights. ``generate``
@@ -103,6 +107,7 @@ class VLLMEngine:
         return Rollouts(
             prompt_ids=[list(prompt_ids[i // n]) for i in range(len(rows["ids"]))],
             completion_ids=rows["ids"], texts=rows["texts"], logprobs=rows["logprobs"],
+            sampler_logprobs=[values.clone() for values in rows["logprobs"]],
             finish_reasons=rows["reasons"], prompt_index=[i // n for i in range(len(rows["ids"]))],
             timing={"prompt_tokens": float(sum(len(p) for p in prompt_ids)),
                     "completion_tokens": float(n_completion), "seconds": seconds,

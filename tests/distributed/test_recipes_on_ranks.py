@@ -47,25 +47,61 @@ def _losses(run_dir: Path) -> list[float]:
             if "train/loss" in row]
 
 
-@pytest.mark.parametrize(("recipe", "overrides"), [
-    ("sft", []), ("dpo", []), ("grpo", []),
-    ("grpo", ["loss_agg=constant", "prompts_per_step=1", "samples_per_prompt=5"]),  # rows shared 3 + 2
+_ONE_PROCESS: dict[tuple[str, ...], Path] = {}
+"""The one-process run of each case, shared by its ddp and fsdp tests."""
+
+
+@pytest.mark.parametrize(("recipe", "overrides", "sharding"), [
+    ("sft", [], "ddp"), ("dpo", [], "ddp"), ("grpo", [], "ddp"),
+    ("grpo", ["loss_agg=constant", "prompts_per_step=1", "samples_per_prompt=5"], "ddp"),  # rows shared 3 + 2
+    # fsdp: rank 0 runs 2 micro-batches (3 rows), rank 1 one and a zero-weight one (every forward is a
+    # collective there); held-out evaluation and GRPO's sampling read the gathered weights, step 2's bf16
+    # engine copy those of step 1
+    ("sft", ["data.eval_size=2"], "fsdp"), ("dpo", ["model.gradient_checkpointing=true"], "fsdp"),
+    ("grpo", ["run.steps=2", "sampling.dtype=bfloat16"], "fsdp"),
 ])
-def test_two_ranks_take_the_single_process_step(recipe: str, overrides: list[str], ray_cluster: str,
-                                                tiny_model_dir: str, tmp_path: Path) -> None:
-    one = _run(recipe, tiny_model_dir, tmp_path / "one", *overrides)
+def test_two_ranks_take_the_single_process_step(recipe: str, overrides: list[str], sharding: str,
+                                                ray_cluster: str, tiny_model_dir: str, tmp_path: Path,
+                                                tmp_path_factory: pytest.TempPathFactory) -> None:
+    case = (recipe, *overrides)
+    if case not in _ONE_PROCESS:
+        _ONE_PROCESS[case] = _run(recipe, tiny_model_dir, tmp_path_factory.mktemp("one"), *overrides)
+    one = _ONE_PROCESS[case]
     two = _run(recipe, tiny_model_dir, tmp_path / "two", *overrides, f"cluster.address={ray_cluster}",
-               "cluster.trainers=2")
+               "cluster.trainers=2", f"cluster.sharding={sharding}")
     start, want, got = _weights_of(tiny_model_dir), _weights(one), _weights(two)
     assert max(float((want[k] - start[k]).abs().max()) for k in want) > 1e-4, "the step moved the weights"
     worst = max(float((got[k] - want[k]).abs().max()) for k in want)
     assert worst < 1e-5, f"{recipe}: 2 ranks' weights are {worst:.2e} from the one-process step"
     assert _losses(two) == pytest.approx(_losses(one), rel=1e-5, abs=1e-6)
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    if sharding == "fsdp":  # each rank wrote its own shards of the last step's checkpoint
+        shards = sorted((two / "checkpoints").glob("step-*"))[-1] / "sharded"
+        assert sorted(p.name for p in shards.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
 
 
 def _weights_of(model_dir: str) -> dict[str, torch.Tensor]:
     return load_file(str(Path(model_dir) / "model.safetensors"))
+
+
+def test_fsdp_checkpoints_resume_on_any_shape(ray_cluster: str, tiny_model_dir: str, tmp_path: Path) -> None:
+    """Step 1 on 2 fsdp ranks (a sharded DCP checkpoint), step 2 after --resume on 2 fsdp ranks or in one
+    process; and step 1 in one process, step 2 resumed on fsdp ranks: all 2 steps of one process."""
+    fsdp = [f"cluster.address={ray_cluster}", "cluster.trainers=2", "cluster.sharding=fsdp"]
+    one = _run("sft", tiny_model_dir, tmp_path / "one", "run.steps=2", "run.save_every=1")
+    _run("sft", tiny_model_dir, tmp_path / "sharded", *fsdp)
+    shutil.copytree(tmp_path / "sharded", tmp_path / "sharded-then-one")
+    shutil.copytree(one, tmp_path / "one-then-sharded" / "t")
+    shutil.rmtree(tmp_path / "one-then-sharded" / "t" / "checkpoints" / "step-00000002")
+    resumed = [_run("sft", tiny_model_dir, tmp_path / "sharded", *fsdp, "run.steps=2", "run.resume=true"),
+               _run("sft", tiny_model_dir, tmp_path / "sharded-then-one", "run.steps=2", "run.resume=true"),
+               _run("sft", tiny_model_dir, tmp_path / "one-then-sharded", *fsdp, "run.steps=2",
+                    "run.resume=true")]
+    want = _weights(one)
+    for run_dir in resumed:
+        worst = max(float((_weights(run_dir)[k] - want[k]).abs().max()) for k in want)
+        assert worst < 1e-5, f"{run_dir}: resumed, {worst:.2e} from 2 steps in one process"
+        assert _losses(run_dir) == pytest.approx(_losses(one), rel=1e-5, abs=1e-6)
 
 
 def test_a_ranks_config_error_reaches_the_driver_at_once(ray_cluster: str, tiny_model_dir: str,

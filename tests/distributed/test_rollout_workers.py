@@ -22,9 +22,9 @@ from posttrain.runner import load_policy
 PROMPTS = ["What is 2 + 3?", "Name a colour.", "Count to three:"]  # 3 prompts: shares of 2 and 1
 
 
-def _start(address: str, model_config: ModelConfig) -> None:
-    distributed.start(SimpleNamespace(cluster=ClusterConfig(address=address, rollout_workers=2),
-                                      model=model_config))
+def _start(address: str, model_config: ModelConfig, max_staleness: int = 0) -> None:
+    distributed.start(SimpleNamespace(cluster=ClusterConfig(address=address, rollout_workers=2,
+                                                            max_staleness=max_staleness), model=model_config))
 
 
 def _assert_same_samples(got: Rollouts, want: Rollouts) -> None:
@@ -148,6 +148,64 @@ def test_killed_rollout_worker_is_restarted_and_the_run_completes(ray_cluster: s
         "the redone share was sampled with the current weights, as one process samples"
     want = [m["rollout/reward"] for m in _lines(one_process, "metrics.jsonl") if "rollout/reward" in m]
     assert [m["rollout/reward"] for m in metrics] == pytest.approx(want)
+
+
+def test_sampling_ahead_takes_the_weights_of_its_submission(ray_cluster: str, tiny_model_dir: str) -> None:
+    """max_staleness 1: rollouts submitted before an optimizer step are those of the weights before it,
+    taken by the call with the same arguments (another call in between leaves them), one version behind
+    and accepted; two versions behind is refused."""
+    model_config = ModelConfig(name=tiny_model_dir, autocast="none")
+    model, tokenizer, _ = load_policy(model_config)
+    params = SamplingParams(max_new_tokens=6, seed=5)
+    want = generate(model, tokenizer, PROMPTS, 2, params)  # the weights before the step
+    _start(ray_cluster, model_config, max_staleness=1)
+    sample = distributed.rollout_sampler()
+    distributed.sample_ahead(model, tokenizer, PROMPTS, 2, params)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    _scored(model, tokenizer, want)[0].sum().backward()
+    optimizer.step()
+    other = sample(model, tokenizer, PROMPTS[:1], 2, params)  # not the call sampled ahead: current weights
+    assert other.weight_version == 1
+    ahead = sample(model, tokenizer, PROMPTS, 2, params)
+    _assert_same_samples(ahead, want)
+    assert ahead.weight_version == 0
+    distributed.check_on_policy(model, ahead)
+    assert ahead.staleness == 1 and other.staleness is None
+    fresh = sample(model, tokenizer, PROMPTS, 2, params)  # nothing ahead any more: sampled now
+    assert fresh.weight_version == 1 and fresh.completion_ids != want.completion_ids
+    optimizer.zero_grad()
+    _scored(model, tokenizer, fresh)[0].sum().backward()
+    optimizer.step()
+    sample(model, tokenizer, PROMPTS[:1], 2, params)  # pushes version 2
+    stale = r"weight version 0, but the policy is at version 2 \(2 optimizer step\(s\) since\), more than "
+    with pytest.raises(ClusterError, match=stale + r"cluster.max_staleness=1 allows"):
+        distributed.check_on_policy(model, ahead)
+
+
+def test_one_step_off_survives_a_killed_worker_and_resumes(ray_cluster: str, tiny_model_dir: str,
+                                                          tmp_path: Path) -> None:
+    """max_staleness 1: each step after the first trains on rollouts sampled during the step before (one
+    version behind, TIS on); worker 0 SIGKILLed in a share sampled ahead is restarted and redoes it; a run
+    stopped after step 2 resumes (its first step sampled afresh); every step once in metrics and samples."""
+    (tmp_path / "marks").mkdir()
+    reward_file = tmp_path / "kills.py"
+    reward_file.write_text(KILLS_A_ROLLOUT_WORKER.format(marks=str(tmp_path / "marks")))
+    cluster = (f"cluster.address={ray_cluster}", "cluster.rollout_workers=2", "cluster.max_staleness=1")
+    run_dir = _run(tiny_model_dir, tmp_path / "ray", f"{reward_file}:length_and_kill", *cluster)
+    assert (tmp_path / "marks" / "killed").exists(), "worker 0 was killed while sampling step 3 ahead"
+    metrics = [m for m in _lines(run_dir, "metrics.jsonl") if "rollout/reward" in m]
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    assert [m["rollout/staleness"] for m in metrics] == [0, 1, 1]
+    assert all(m["rollout/is_weight_mean"] > 0 and "rollout/is_ratio_max" in m for m in metrics)
+    assert [s["step"] for s in _lines(run_dir, "samples.jsonl")] == [1] * 8 + [2] * 8 + [3] * 8
+    lengths = f"{Path(__file__).parent / 'lengths.py'}:length"
+    _run(tiny_model_dir, tmp_path / "resumed", lengths, *cluster, "run.steps=2", "run.save_every=2")
+    resumed = _run(tiny_model_dir, tmp_path / "resumed", lengths, *cluster, "run.steps=4", "run.save_every=2",
+                   "run.resume=true")
+    metrics = [m for m in _lines(resumed, "metrics.jsonl") if "rollout/reward" in m]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert [m["rollout/staleness"] for m in metrics] == [0, 1, 0, 1]
+    assert [s["step"] for s in _lines(resumed, "samples.jsonl")] == [1] * 8 + [2] * 8 + [3] * 8 + [4] * 8
 
 
 def test_rollouts_of_two_weight_versions_are_not_one_batch() -> None:

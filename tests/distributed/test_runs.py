@@ -101,10 +101,10 @@ def test_one_process_run_imports_no_ray(tiny_model_dir: str, tmp_path: Path) -> 
     (["cluster.sharding=zero3"], "cluster.sharding: must be one of ddp, fsdp; got 'zero3'"),
     (["cluster.reward_workers=2"], "reward_workers=2 needs a Ray cluster: set cluster.address to local"),
     (["cluster.address=somewhere"], "cluster.address: expected empty, local, auto, host:port or ray://"),
-    (["cluster.address=local", "cluster.trainers=2", "cluster.sharding=fsdp"],
-     "cluster.sharding=fsdp: not implemented yet"),
     (["cluster.address=local", "cluster.trainers=2", "cluster.sharding=fsdp", "cluster.rollout_workers=2"],
      "cluster.sharding=fsdp with rollout_workers=2: not implemented yet; rank 0 pushes the weights"),
+    (["cluster.address=local", "cluster.trainers=2", "cluster.rollout_workers=1", "cluster.max_staleness=1"],
+     "cluster.max_staleness=1 with trainers=2: not implemented yet"),
     (["cluster.reward_cpus=0"], "cluster.reward_cpus and reward_gpus are both 0"),
 ])
 def test_cluster_config_errors(overrides: list[str], message: str) -> None:

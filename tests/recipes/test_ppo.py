@@ -4,6 +4,7 @@ model, the reward-model path, resume with the critic, config errors."""
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from test_critic import tiny_reward_model_dir  # noqa: F401  (a fixture)
 from posttrain.config import load_config
 from posttrain.errors import ConfigError
 from posttrain.recipes import ppo
+from posttrain.rl import RolloutCorrection
 from posttrain.tracking import read_metrics
 
 
@@ -99,7 +101,7 @@ def test_loss_clips_the_value_update(monkeypatch: pytest.MonkeyPatch) -> None:
          "old_logprobs": t([[0, -1.0, -2.0]]), "advantages": t([[0, 1.0, 3.0]]),
          "old_values": t([[0, 0.5, 2.1]]), "returns": t([[0, 2.0, 1.0]])}
     config = load_config(ppo.Config, None, ["vf_coef=0.1", "value_clip=0.2", "model.autocast=none"])
-    loss, metrics = ppo._loss_of(config, fake, b)(slice(0, 1))  # type: ignore[arg-type]
+    loss, metrics = ppo._loss_of(config, fake, b, RolloutCorrection(config))(slice(0, 1))  # type: ignore
     # ratio 1: policy loss = -mean(A) = -2; value: token 1 moved 0.5 > 0.2, so V_clip = 0.7 and
     # ½·max(1², 1.3²) = 0.845; token 2 moved -0.1, ½·1² = 0.5; mean 0.6725
     assert float(loss.detach()) == pytest.approx(-2.0 + 0.1 * 0.6725)
@@ -186,3 +188,30 @@ def test_config_errors() -> None:
             load_config(ppo.Config, None, [override, *extra])
     with pytest.raises(ConfigError, match=r"needs a reward model in 'rewards' \(reward_model:PATH\)"):
         load_config(ppo.Config, None, ["critic=separate", "critic_init=reward_model"])
+
+
+LN3 = math.log(3)
+
+
+def test_tis_weights_the_policy_loss_against_the_sampler() -> None:
+    """rollout_correction: tis: each token's surrogate times min(exp(old - sampler), tis_cap)."""
+    logprobs = torch.tensor([[0.0, -1.0, -2.0]], requires_grad=True)
+    fake = _Given(logprobs, torch.zeros(1, 3))
+    fake.logprobs_and_values = lambda *_, **__: (logprobs, torch.zeros(1, 3), torch.zeros(1, 3))  # type: ignore
+    # old - sampler = ln 3 (ratio 3, cut at 2) and ln 0.5: weights 2 and 0.5
+    b = {"input_ids": torch.zeros(1, 3, dtype=torch.long), "attention_mask": torch.ones(1, 3),
+         "completion_mask": torch.tensor([[0, 1, 1]]), "mask": t([[0, 1, 1]]),
+         "old_logprobs": t([[0, -1.0, -2.0]]), "sampler_logprobs": t([[0, -1 - LN3, -2 + math.log(2)]]),
+         "advantages": t([[0, 1.0, 3.0]]), "old_values": t([[0, 0.0, 0.0]]), "returns": t([[0, 0.0, 0.0]])}
+    config = load_config(ppo.Config, None, ["vf_coef=0.1", "model.autocast=none", "rollout_correction=tis"])
+    correction = RolloutCorrection(config)
+    loss, _ = ppo._loss_of(config, fake, b, correction)(slice(0, 1))  # type: ignore[arg-type]
+    assert float(loss.detach()) == pytest.approx(-(2 * 1.0 + 0.5 * 3.0) / 2)
+    metrics = correction.step_metrics()
+    assert metrics["rollout/is_weight_mean"] == pytest.approx(1.25)
+    assert metrics["rollout/is_ratio_max"] == pytest.approx(3) and metrics["rollout/is_truncated_frac"] == 0.5
+    assert metrics["rollout/logprob_gap"] == pytest.approx(math.log(6) / 2)
+    off = load_config(ppo.Config, None, ["vf_coef=0.1", "model.autocast=none"])
+    plain, _ = ppo._loss_of(off, fake, b, RolloutCorrection(off))(slice(0, 1))  # type: ignore[arg-type]
+    assert float(plain.detach()) == pytest.approx(-(1.0 + 3.0) / 2)
+    assert RolloutCorrection(off).step_metrics() == {}

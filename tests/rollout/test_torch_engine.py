@@ -134,27 +134,35 @@ def test_top_k_one_equals_greedy(tiny_model: Any, tokenizer: Any) -> None:
     assert top1.completion_ids == greedy.completion_ids
 
 
+KEPT_TWO = torch.tensor([0.5 / 0.8, 0.3 / 0.8, 1, 1])  # tokens 0 and 1 of (.5, .3, .15, .05) renormalised
+
+
 @pytest.mark.parametrize("sampler", ["inverse_cdf", "multinomial", "exponential"])
 def test_top_p_and_top_k_keep_only_the_allowed_tokens(sampler: str) -> None:
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     logits = probs.log().repeat(4000, 1)
     generator = torch.Generator().manual_seed(0)
     # Mass before each token: 0, .5, .8, .95 -> top_p 0.7 keeps tokens 0 and 1 only.
-    tokens, logprobs = sample_tokens(logits, SamplingParams(top_p=0.7), generator, sampler)
+    tokens, logprobs, sampler_logprobs = sample_tokens(logits, SamplingParams(top_p=0.7), generator, sampler)
     counts = torch.bincount(tokens, minlength=4) / 4000
     assert counts[2:].sum() == 0
     assert abs(counts[0].item() - 0.5 / 0.8) < 0.03
-    # Log-probs are those of the untruncated distribution.
+    # Log-probs are those of the untruncated distribution; the sampler's, of the kept tokens renormalised.
     assert torch.allclose(logprobs, probs.log()[tokens], atol=1e-6)
-    tokens, _ = sample_tokens(logits, SamplingParams(top_k=3, top_p=0.8), generator, sampler)
+    assert torch.allclose(sampler_logprobs, KEPT_TWO.log()[tokens], atol=1e-6)
+    top_k_p = SamplingParams(top_k=3, top_p=0.8)
+    tokens, _, sampler_logprobs = sample_tokens(logits, top_k_p, generator, sampler)
     # Within the top 3 (renormalised .5/.95, .3/.95, ...), top_p 0.8 keeps tokens 0 and 1.
     assert set(tokens.tolist()) == {0, 1}
-    tokens, _ = sample_tokens(logits, SamplingParams(top_k=3), generator, sampler)
+    assert torch.allclose(sampler_logprobs, KEPT_TWO.log()[tokens], atol=1e-6)
+    tokens, _, sampler_logprobs = sample_tokens(logits, SamplingParams(top_k=3), generator, sampler)
     counts = torch.bincount(tokens, minlength=4) / 4000
     assert counts[3] == 0
     assert abs(counts[2].item() - 0.15 / 0.95) < 0.03
-    tokens, _ = sample_tokens(logits, SamplingParams(), generator, sampler)
+    assert torch.allclose(sampler_logprobs, (probs / 0.95).log()[tokens], atol=1e-6)
+    tokens, logprobs, sampler_logprobs = sample_tokens(logits, SamplingParams(), generator, sampler)
     assert abs((torch.bincount(tokens, minlength=4) / 4000)[3].item() - 0.05) < 0.015
+    assert torch.equal(sampler_logprobs, logprobs), "nothing truncated: the sampler's log-probs are the same"
 
 
 @pytest.mark.parametrize("sampler", ["inverse_cdf", "multinomial"])
@@ -164,7 +172,7 @@ def test_sampling_frequencies_over_a_vocabulary_spanning_blocks(sampler: str) ->
     probs = torch.zeros(600)
     probs[[3, 255, 256, 599]] = torch.tensor([0.1, 0.2, 0.3, 0.4])
     logits = probs.log().repeat(8000, 1)
-    tokens, _ = sample_tokens(logits, SamplingParams(), torch.Generator().manual_seed(2), sampler)
+    tokens, _, _ = sample_tokens(logits, SamplingParams(), torch.Generator().manual_seed(2), sampler)
     counts = torch.bincount(tokens, minlength=600) / 8000
     assert counts.sum().item() == pytest.approx(1.0)
     assert counts[[3, 255, 256, 599]].sum().item() == pytest.approx(1.0)
@@ -174,9 +182,36 @@ def test_sampling_frequencies_over_a_vocabulary_spanning_blocks(sampler: str) ->
 def test_top_p_nucleus_wider_than_the_candidate_shortlist() -> None:
     # 1000 equally likely tokens: the 0.5 nucleus holds 500 of them, beyond the 256-token shortlist.
     logits = torch.zeros(2000, 1000)
-    tokens, logprobs = sample_tokens(logits, SamplingParams(top_p=0.5), torch.Generator().manual_seed(1))
+    tokens, logprobs, sampler_logprobs = sample_tokens(logits, SamplingParams(top_p=0.5),
+                                                       torch.Generator().manual_seed(1))
     assert 300 < len(set(tokens.tolist())) <= 500  # exactly 500 are allowed: ties do not widen the nucleus
     assert torch.allclose(logprobs, torch.full_like(logprobs, -torch.log(torch.tensor(1000.0)).item()))
+    assert torch.allclose(sampler_logprobs, torch.full_like(logprobs, -torch.log(torch.tensor(500.0)).item()))
+
+
+@pytest.mark.parametrize("slots", [0, 4])  # the batch engine and the slot engine
+def test_sampler_logprobs_are_the_truncated_distributions(tiny_model: Any, tokenizer: Any,
+                                                          slots: int) -> None:
+    """Each sampled token's log-prob under top-k/top-p renormalised, recomputed from a re-scoring pass;
+    the samples themselves are those of the same seed without asking for anything."""
+    sampling = SamplingParams(temperature=0.8, top_k=20, top_p=0.7, max_new_tokens=12, seed=11)
+    rollouts = generate(tiny_model, tokenizer, PROMPTS, 2, sampling, engine_options={"slots": slots})
+    batch = rollouts.to_batch(tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits = tiny_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    probs = torch.softmax(logits[:, :-1].float() / 0.8, dim=-1)
+    top_values, top_index = probs.topk(20, dim=-1)
+    top_values = top_values / top_values.sum(-1, keepdim=True)
+    kept = (top_values.cumsum(-1) - top_values) < 0.7
+    kept_probs = torch.zeros_like(probs).scatter_(-1, top_index, top_values * kept)
+    kept_probs = kept_probs / kept_probs.sum(-1, keepdim=True)
+    expected = kept_probs.gather(2, batch["input_ids"][:, 1:, None])[..., 0].log()
+    mask = batch["completion_mask"][:, 1:].bool()
+    assert (expected[mask] - batch["sampler_logprobs"][:, 1:][mask]).abs().max() <= 1e-4
+    gap = (batch["logprobs"] - batch["sampler_logprobs"])[batch["completion_mask"].bool()]
+    assert gap.lt(0).sum() > 0 and gap.le(1e-6).all(), "truncation only ever raises a kept token's log-prob"
+    assert rollouts.completion_ids == generate(tiny_model, tokenizer, PROMPTS, 2, sampling,
+                                               engine_options={"slots": slots}).completion_ids
 
 
 def test_over_long_prompts_are_data_errors(tiny_model: Any, tokenizer: Any) -> None:
@@ -235,6 +270,10 @@ def test_to_batch_shapes_and_masks() -> None:
     expected = torch.tensor([[0, 0, 0, -0.5, -1.0], [0, -0.1, -0.2, -0.3, 0]])
     torch.testing.assert_close(batch["logprobs"], expected)
     assert batch["prompt_lengths"].tolist() == [3, 1]
+    assert "sampler_logprobs" not in batch  # a hand-built Rollouts without them
+    rollouts.sampler_logprobs = [torch.tensor([-0.25, -0.5]), torch.tensor([0.0, -0.1, -0.2])]
+    sampler = rollouts.to_batch(pad_id=0, device="cpu")["sampler_logprobs"]
+    torch.testing.assert_close(sampler, torch.tensor([[0, 0, 0, -0.25, -0.5], [0, 0.0, -0.1, -0.2, 0]]))
 
 
 def test_model_state_is_left_as_it_was(tiny_model: Any, tokenizer: Any) -> None:
