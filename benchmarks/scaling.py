@@ -178,7 +178,7 @@ def grpo_cases(args: argparse.Namespace) -> dict[str, Any]:
         "rollout_workers_1": [*ray_path, "cluster.rollout_workers=1", f"cluster.rollout_cpus={cores}"],
         "rollout_workers_2": [*ray_path, "cluster.rollout_workers=2", f"cluster.rollout_cpus={cores / 2:g}"],
     }
-    step_s: dict[str, list[float]] = {name: [] for name in cases}
+    step_s: dict[str, list[list[float]]] = {name: [] for name in cases}  # per round: each counted step
     parts: dict[str, dict[str, list[float]]] = {name: {"rollout_s": [], "update_s": []} for name in cases}
     probes: dict[str, RayPathProbe] = {name: RayPathProbe() for name in cases}
     out = Path(tempfile.mkdtemp(prefix="posttrain-scaling-"))
@@ -187,15 +187,21 @@ def grpo_cases(args: argparse.Namespace) -> dict[str, Any]:
             for name, overrides in cases.items():
                 with probes[name].installed():
                     seconds = grpo_run(out / f"{name}-{round_index}", args.steps, overrides)
-                step_s[name] += [round(r + u, 3) for r, u in zip(seconds["rollout_s"], seconds["update_s"])]
+                pairs = zip(seconds["rollout_s"], seconds["update_s"])
+                step_s[name].append([round(rollout + update, 3) for rollout, update in pairs])
                 for key, values in seconds.items():
                     parts[name][key] += values
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    median = {name: statistics.median(values) for name, values in step_s.items()}
+    median = {name: round(statistics.median(x for run in runs for x in run), 3)
+              for name, runs in step_s.items()}
+    per_round = {name: [statistics.median(run) for run in runs] for name, runs in step_s.items()}
     return {
         "config": str(GRPO_CONFIG.relative_to(GRPO_CONFIG.parents[1])), "steps_per_run": args.steps,
         "cases": cases, "step_s": step_s, "median_step_s": median,
+        "ratio_vs_one_process_per_round": {  # each round's cases ran back to back: paired on a busy machine
+            name: [round(mine / theirs, 3) for mine, theirs in zip(rounds, per_round["one_process"])]
+            for name, rounds in per_round.items() if name != "one_process"},
         "median_rollout_s": {name: round(statistics.median(v["rollout_s"]), 3) for name, v in parts.items()},
         "median_update_s": {name: round(statistics.median(v["update_s"]), 3) for name, v in parts.items()},
         "ratio_1_worker_vs_one_process": round(median["rollout_workers_1"] / median["one_process"], 3),
