@@ -123,12 +123,18 @@ class RayPathProbe:
         self.pushes.append([])
         self.calls.append([])
 
-        def timed_push(pool: Any, model: torch.nn.Module) -> None:
-            started, version = time.perf_counter(), pool.version
-            push(pool, model)
-            if pool.version != version:
-                size = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+        def timed_push(pool: Any, model: torch.nn.Module, engine_options: dict[str, Any] | None) -> str:
+            from posttrain.distributed.rollout_workers import REDUCED_DTYPES
+
+            started, before = time.perf_counter(), pool._weights
+            sent_before = set(before)
+            sent_as = push(pool, model, engine_options)
+            if pool._weights is not before or sent_as not in sent_before:  # a new object was put
+                cast = REDUCED_DTYPES.get(sent_as)
+                size = sum(p.numel() * (cast.itemsize if cast else p.element_size())
+                           for p in model.parameters() if p.requires_grad)
                 probe.pushes[-1].append((time.perf_counter() - started, size / 2**20))
+            return sent_as
 
         def timed_generate(pool: Any, *args: Any, **kwargs: Any) -> Rollouts:
             import ray
@@ -241,11 +247,14 @@ def ray_profile(address: str, repeats: int = 3, calls: int = 20) -> dict[str, fl
     worker fetching and loading it, and an actor call's round trip (medians of the repeats)."""
     import ray
 
+    from posttrain.distributed.rollout_workers import REDUCED_DTYPES
     from posttrain.runner import load_policy
 
-    model_config = load_config(grpo.Config, GRPO_CONFIG, []).model
+    config = load_config(grpo.Config, GRPO_CONFIG, [])
+    model_config, cast = config.model, REDUCED_DTYPES.get(config.sampling.dtype)
     model, _, _ = load_policy(model_config)
-    trainable = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    trainable = {name: p.detach().to(cast) if cast else p.detach()  # as a push sends them
+                 for name, p in model.named_parameters() if p.requires_grad}
     distributed.start(SimpleNamespace(cluster=ClusterConfig(address=address, rollout_workers=1),
                                       model=model_config))
     try:

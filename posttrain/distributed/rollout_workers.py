@@ -55,6 +55,7 @@ from posttrain.distributed.cluster import (
     share_bounds,
     started,
 )
+from posttrain.models import is_peft
 from posttrain.rollout import Rollouts, SamplingParams, checked_prompt_ids, generate
 from posttrain.rollout.weights import weights_signature
 
@@ -68,18 +69,18 @@ class RolloutWorker:
 
         pin_to_share_of_cores(bundle_index, cpus)
         self.model, self.tokenizer, _ = load_policy(model_config)
-        self.version = -1  # the model config's weights: none the driver pushed
+        self.loaded: tuple[int, str] = (-1, "")  # (version, dtype sent): none the driver pushed yet
 
     def pid(self) -> int:
         return os.getpid()
 
-    def generate(self, version: int, weights: list[Any], prompt_ids: list[list[int]], n: int,
+    def generate(self, version: int, weights: list[Any], sent_as: str, prompt_ids: list[list[int]], n: int,
                  sampling: SamplingParams, backend: str, engine_options: dict[str, Any] | None) -> Rollouts:
-        """``n`` samples of each prompt with the weights of ``version`` (``weights[0]``: their object,
-        boxed so that a worker that holds them already does not fetch them)."""
-        if self.version != version:
+        """``n`` samples of each prompt with the weights of ``version`` (``weights[0]``: their object, sent
+        in dtype ``sent_as``, boxed so that a worker that holds them already does not fetch them)."""
+        if self.loaded != (version, sent_as):
             load_weights(self.model, ray.get(weights[0]))
-            self.version = version
+            self.loaded = (version, sent_as)
         rollouts = generate(self.model, self.tokenizer, prompt_ids, n, sampling, backend=backend,
                             engine_options=engine_options)
         rollouts.weight_version = version
@@ -98,6 +99,9 @@ def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for name, values in tensors.items():
             params[name].copy_(values)
+
+
+REDUCED_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def with_seed(sampling: SamplingParams) -> SamplingParams:
@@ -130,7 +134,7 @@ class RolloutPool:
         self.pids = started(self.workers, "rollout", cluster.address)
         self.version = -1
         self._signature: tuple[int, int] | None = None
-        self._weights: Any = None  # the object of the last push
+        self._weights: dict[str, Any] = {}  # dtype sent -> the object of this version's push
         self._ahead: _Submitted | None = None
 
     def version_of(self, model: nn.Module) -> int:
@@ -138,13 +142,23 @@ class RolloutPool:
         weights moved since."""
         return self.version if weights_signature(model) == self._signature else self.version + 1
 
-    def push(self, model: nn.Module) -> None:
-        """Put ``model``'s trainable tensors in the object store under a new version, if they moved."""
+    def push(self, model: nn.Module, engine_options: dict[str, Any] | None) -> str:
+        """Put ``model``'s trainable tensors in the object store under a new version if they moved, and
+        return the dtype they were sent in. A reduced-precision engine of a model without adapters keeps
+        only the weights cast to its dtype, so they are sent cast (half of fp32's bytes for bf16; the
+        same engine copy, so the same samples); adapters are merged in fp32 first, so they go as they are."""
         signature = weights_signature(model)
         if signature != self._signature:
-            trainable = {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
-            self._weights, self._signature = ray.put(trainable), signature
+            self._weights, self._signature = {}, signature
             self.version += 1
+        dtype = (engine_options or {}).get("dtype", "float32")
+        sent_as = "as_is" if is_peft(model) or dtype not in REDUCED_DTYPES else dtype
+        if sent_as not in self._weights:
+            cast = REDUCED_DTYPES.get(sent_as)
+            trainable = {name: (p.detach().to(cast) if cast else p.detach()).cpu()
+                         for name, p in model.named_parameters() if p.requires_grad}
+            self._weights[sent_as] = ray.put(trainable)
+        return sent_as
 
     def generate(self, model: nn.Module, tokenizer: Any, prompts: list[Any], n: int, sampling: SamplingParams,
                  *, backend: str = "torch", max_prompt_tokens: int | None = None,
@@ -180,12 +194,11 @@ class RolloutPool:
 
     def _submit(self, model: nn.Module, call: tuple[Any, ...]) -> _Submitted:
         prompt_ids, n, sampling, backend, engine_options = call
-        if sampling.seed is None:  # drawn as the engine draws it, so one process's global RNG moves alike
-            sampling = dataclasses.replace(sampling, seed=int(torch.randint(2**62, (1,)).item()))
-        self.push(model)
+        sampling = with_seed(sampling)
+        sent_as = self.push(model, engine_options)
         shares = share_bounds(len(prompt_ids), len(self.workers))
-        pending = [worker.generate.remote(self.version, [self._weights], prompt_ids[first:stop], n, sampling,
-                                          backend, engine_options)
+        pending = [worker.generate.remote(self.version, [self._weights[sent_as]], sent_as,
+                                          prompt_ids[first:stop], n, sampling, backend, engine_options)
                    for worker, (first, stop) in zip(self.workers, shares)]
         return _Submitted(call, self.version, pending, shares)
 

@@ -52,6 +52,28 @@ def test_two_rollout_workers_give_the_samples_of_one_process(ray_cluster: str, t
     _assert_same_samples(unseeded, want_unseeded)
 
 
+def test_a_bf16_engine_is_sent_bf16_weights_and_samples_as_one_process(ray_cluster: str,
+                                                                       tiny_model_dir: str) -> None:
+    import ray
+
+    model_config = ModelConfig(name=tiny_model_dir, autocast="none")
+    model, tokenizer, _ = load_policy(model_config)
+    with torch.no_grad():  # weights the worker's config does not have, so they must come from the push
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    params, bf16 = SamplingParams(max_new_tokens=6, seed=5), {"dtype": "bfloat16"}
+    want = generate(model, tokenizer, PROMPTS, 2, params, engine_options=bf16)
+    _start(ray_cluster, model_config)
+    got = distributed.rollout_sampler()(model, tokenizer, PROMPTS, 2, params, engine_options=bf16)
+    _assert_same_samples(got, want)
+    sent = ray.get(distributed._session.rollout_pool._weights["bfloat16"])
+    assert {tensor.dtype for tensor in sent.values()} == {torch.bfloat16}
+    # the same version asked for an fp32 engine: sent again, in fp32, and the worker loads it
+    want_fp32 = generate(model, tokenizer, PROMPTS, 2, params)
+    _assert_same_samples(distributed.rollout_sampler()(model, tokenizer, PROMPTS, 2, params), want_fp32)
+    assert got.weight_version == 0
+
+
 @pytest.mark.parametrize("lora_rank", [0, 4])  # with LoRA only the adapter is sent; the base is the config's
 def test_workers_sample_with_each_optimizer_steps_weights(ray_cluster: str, tiny_model_dir: str,
                                                           lora_rank: int) -> None:
