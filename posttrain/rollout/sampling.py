@@ -1,10 +1,15 @@
 """Turning a step's logits into tokens: temperature, top-k, top-p, one uniform per row through a
-two-level inverse CDF, and the two log-probs of each sampled token (``sample_tokens``).
+two-level inverse CDF, and the two log-probs of each sampled token (``sample_tokens``); and the
+counter-based uniforms (``sample_keys``, ``counter_uniforms``) that make a sample's random stream
+depend on the seed, its prompt and its index only, not on which other rows share its batch.
 
 Shared by the batch engine (``torch_engine.py``) and the slot engine (``slots.py``).
 """
 
 from __future__ import annotations
+
+import hashlib
+from array import array
 
 import torch
 
@@ -144,3 +149,40 @@ def _truncate(probs_BV: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
 def _nucleus(sorted_BK: torch.Tensor, top_p: float) -> torch.Tensor:
     """Holtzman et al. (arXiv:1904.09751): a token stays while the mass before it is below top_p."""
     return (sorted_BK.cumsum(dim=-1) - sorted_BK) < top_p
+
+
+def sample_keys(seed: int, prompt_ids: list[list[int]], n: int) -> list[int]:
+    """[P·n] 62-bit key of each sample: a hash of the seed, its prompt's token ids, the occurrence of
+    that prompt among equal ones before it in the request, and its sample index."""
+    keys, seen = [], {}
+    for ids in prompt_ids:
+        digest = hashlib.blake2b(array("q", ids).tobytes(), digest_size=16).digest()
+        occurrence = seen[digest] = seen.get(digest, -1) + 1
+        for j in range(n):
+            key = hashlib.blake2b(digest + f"{seed}|{occurrence}|{j}".encode(), digest_size=8).digest()
+            keys.append(int.from_bytes(key, "little") >> 2)
+    return keys
+
+
+_M32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2^32 for x in [0, 2^32), in int64 without overflow (16-bit halves of c)."""
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _M32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32 (C. Wellons' integer hash): a bijection of [0, 2^32) with full avalanche."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def counter_uniforms(key_B: torch.Tensor, step_B: torch.Tensor) -> torch.Tensor:
+    """[B] float64 uniforms in [0, 1) that depend only on (key, step): 53 bits from two hashed words."""
+    low, high = key_B & _M32, (key_B >> 32) & _M32
+    words = [_mix32(_mix32(_mix32(low ^ stream) ^ high) ^ step_B) for stream in (0x243F6A88, 0x85A308D3)]
+    return ((words[0] >> 5) * 2**26 + (words[1] >> 6)).double() / 2.0**53

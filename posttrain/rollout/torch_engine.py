@@ -35,7 +35,7 @@ from torch import nn
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from posttrain.errors import ConfigError
-from posttrain.rollout.sampling import sample_tokens, sample_workspace
+from posttrain.rollout.sampling import counter_uniforms, sample_keys, sample_tokens, sample_workspace
 from posttrain.rollout.types import DecodeOptions, Rollouts, SamplingParams
 from posttrain.rollout.weights import weights_signature
 
@@ -322,15 +322,19 @@ class TorchEngine:
         prefill_s = time.perf_counter() - t0
         eos = [] if options.ignore_eos else eos_ids(model, tokenizer)
         checker = StopChecker(tokenizer, sampling.stop) if sampling.stop else None
-        sampled = self._decode(model, cache, state, sampling, options, generator, eos, checker)
+        keys_N = torch.tensor(sample_keys(seed, prompt_ids, n), dtype=torch.long, device=device)
+        sampled = self._decode(model, cache, state, sampling, options, (generator, keys_N), eos, checker)
         sampled.prefill_s = prefill_s
         sampled.decode_s = time.perf_counter() - t0 - prefill_s
         return sampled
 
     def _decode(self, model: nn.Module, cache: DynamicCache, state: _DecodeState, sampling: SamplingParams,
-                options: DecodeOptions, generator: torch.Generator, eos: list[int],
+                options: DecodeOptions, randomness: tuple[torch.Generator, torch.Tensor], eos: list[int],
                 checker: StopChecker | None) -> _Sampled:
-        """The decode loop: sample, record, finish rows, drop finished rows, step the model."""
+        """The decode loop: sample, record, finish rows, drop finished rows, step the model. The
+        inverse-CDF sampler takes each row's uniform from its sample's key (``randomness[1]``, [N]), so a
+        sample does not depend on the rows beside it; the others draw from the generator."""
+        generator, keys_N = randomness
         n_rows, max_new = state.logits.shape[0], sampling.max_new_tokens
         device = state.logits.device
         rows_B = torch.arange(n_rows, device=device)  # original row of each batch row
@@ -344,8 +348,10 @@ class TorchEngine:
         use_lean = options.decoder == "lean" and LeanDecoder.supports(model, cache)
         lean = LeanDecoder(model) if use_lean else None
         for step in range(max_new):
+            uniform_B = (counter_uniforms(keys_N[rows_B], torch.full_like(rows_B, step))
+                         if options.sampler == "inverse_cdf" else None)
             tokens_B, logprobs_B, sampler_B = sample_tokens(state.logits, sampling, generator,
-                                                            options.sampler, workspace)
+                                                            options.sampler, workspace, uniform_B)
             tokens_NT[rows_B, step] = tokens_B
             logprobs_NT[rows_B, step], sampler_NT[rows_B, step] = logprobs_B, sampler_B
             done_B = torch.isin(tokens_B, eos_E) & live_B

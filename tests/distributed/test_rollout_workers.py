@@ -98,6 +98,12 @@ def test_workers_sample_with_each_optimizer_steps_weights(ray_cluster: str, tiny
     assert (sampled - rescored).abs().max() <= 1e-5, "sampled with the weights after the step"
     old = _scored(model, tokenizer, before)[1]
     assert after.completion_ids != before.completion_ids or not torch.allclose(sampled, old, atol=1e-3)
+    # shares of 2 and 1 prompts on the workers sample what one process samples (with LoRA: the batch
+    # engine, whose rows are padded to other widths there, hence log-probs to 1e-5, not bit for bit)
+    want = generate(model, tokenizer, PROMPTS, 2, params)
+    assert after.completion_ids == want.completion_ids
+    for mine, theirs in zip(after.logprobs, want.logprobs):
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=0)
     if lora_rank == 0:  # a LoRA model samples with the batch engine, whose samples depend on the split
         _assert_same_samples(after, generate(model, tokenizer, PROMPTS, 2, params))
 

@@ -9,7 +9,8 @@ import torch
 
 from posttrain.errors import ConfigError
 from posttrain.rollout import Rollouts, SamplingParams, encode_prompts, generate
-from posttrain.rollout.slots import bucket_for, bucket_sizes, counter_uniforms, sample_keys
+from posttrain.rollout.sampling import counter_uniforms, sample_keys
+from posttrain.rollout.slots import bucket_for, bucket_sizes
 
 # Prompt lengths 1 to 13 tokens: a slot refilled with a shorter prompt than its previous occupant
 # would attend to the occupant's leftover keys if the per-slot mask were wrong.

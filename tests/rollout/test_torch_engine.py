@@ -127,6 +127,23 @@ def test_samples_differ_within_a_group_and_follow_the_seed(tiny_model: Any, toke
     assert run(None) == unseeded
 
 
+@pytest.mark.parametrize("decoder", ["lean", "hf"])
+def test_batch_engine_samples_do_not_depend_on_the_rows_beside_them(tiny_model: Any, tokenizer: Any,
+                                                                     decoder: str) -> None:
+    # slots=0: the batch engine, as a LoRA policy or a model the slots cannot hold gets; each sample's
+    # stream comes from (seed, its prompt, its index), so prompts split over calls (or rollout workers)
+    # sample what they sample together
+    options = {"slots": 0, "decoder": decoder}
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=8, seed=11)
+    together = generate(tiny_model, tokenizer, PROMPTS, 3, sampling, engine_options=options)
+    assert len({tuple(ids) for ids in together.completion_ids}) == 9
+    for p, prompt in enumerate(PROMPTS):
+        alone = generate(tiny_model, tokenizer, [prompt], 3, sampling, engine_options=options)
+        assert alone.completion_ids == together.completion_ids[3 * p: 3 * p + 3]
+        for mine, theirs in zip(alone.logprobs, together.logprobs[3 * p: 3 * p + 3]):
+            torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=0)
+
+
 def test_top_k_one_equals_greedy(tiny_model: Any, tokenizer: Any) -> None:
     greedy = generate(tiny_model, tokenizer, PROMPTS, 2, SamplingParams(temperature=0, max_new_tokens=8))
     top1 = generate(tiny_model, tokenizer, PROMPTS, 2,
