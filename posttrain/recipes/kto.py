@@ -86,6 +86,10 @@ class Config:
         if self.data.mix:
             problems.append("'data.mix' is not supported for feedback rows: put the rows of every source "
                             "in one file")
+        if self.cluster.trainers > 1:  # ranks cut the rows into other micro-batches, so another z0
+            problems.append(f"cluster.trainers={self.cluster.trainers}: KTO's reference point z0 is "
+                            "estimated per micro-batch, so a step on ranks would not be the one-process "
+                            "step; run KTO in one process (cluster.trainers=1)")
         return problems
 
 

@@ -176,6 +176,8 @@ def test_config_errors() -> None:
         load_config(kto.Config, None, ["reference=adapter"])
     with pytest.raises(ConfigError, match=r"'data\.mix' is not supported for feedback rows"):
         load_config(kto.Config, None, ["data.mix=[{train: arithmetic, fraction: 0.5}]"])
+    with pytest.raises(ConfigError, match=r"cluster\.trainers=2: KTO's reference point z0 is estimated"):
+        load_config(kto.Config, None, ["cluster.address=local", "cluster.trainers=2"])
     with pytest.raises(ConfigError, match=r"feedback\.batch_size must be at least 2"):
         load_config(kto.Config, None, ["feedback.batch_size=1"])
     with pytest.raises(ConfigError, match=r"'desirable_weigth'; did you mean 'desirable_weight'\?"):
