@@ -101,6 +101,21 @@ def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
             params[name].copy_(values)
 
 
+def share_options(engine_options: dict[str, Any] | None, backend: str, prompt_ids: list[list[int]],
+                  first: int, stop: int) -> dict[str, Any] | None:
+    """The engine options of the share ``first:stop`` of a request: for the torch engine, each prompt's
+    occurrence among equal prompts of the WHOLE request, so that its random streams are the ones one
+    process draws (a worker counting within its share would repeat another worker's streams)."""
+    if backend != "torch":
+        return engine_options
+    counts: dict[tuple[int, ...], int] = {}
+    occurrences = []
+    for ids in prompt_ids[:stop]:
+        counts[tuple(ids)] = counts.get(tuple(ids), -1) + 1
+        occurrences.append(counts[tuple(ids)])
+    return {**(engine_options or {}), "occurrences": tuple(occurrences[first:])}
+
+
 REDUCED_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -198,7 +213,8 @@ class RolloutPool:
         sent_as = self.push(model, engine_options)
         shares = share_bounds(len(prompt_ids), len(self.workers))
         pending = [worker.generate.remote(self.version, [self._weights[sent_as]], sent_as,
-                                          prompt_ids[first:stop], n, sampling, backend, engine_options)
+                                          prompt_ids[first:stop], n, sampling, backend,
+                                          share_options(engine_options, backend, prompt_ids, first, stop))
                    for worker, (first, stop) in zip(self.workers, shares)]
         return _Submitted(call, self.version, pending, shares)
 

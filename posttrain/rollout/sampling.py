@@ -151,13 +151,18 @@ def _nucleus(sorted_BK: torch.Tensor, top_p: float) -> torch.Tensor:
     return (sorted_BK.cumsum(dim=-1) - sorted_BK) < top_p
 
 
-def sample_keys(seed: int, prompt_ids: list[list[int]], n: int) -> list[int]:
+def sample_keys(seed: int, prompt_ids: list[list[int]], n: int,
+                occurrences: tuple[int, ...] = ()) -> list[int]:
     """[P·n] 62-bit key of each sample: a hash of the seed, its prompt's token ids, the occurrence of
-    that prompt among equal ones before it in the request, and its sample index."""
+    that prompt among equal ones before it in the request (``occurrences`` when given: this call is a
+    share of a larger request), and its sample index."""
+    if occurrences and len(occurrences) != len(prompt_ids):
+        raise ValueError(f"occurrences has {len(occurrences)} entries for {len(prompt_ids)} prompts")
     keys, seen = [], {}
-    for ids in prompt_ids:
+    for p, ids in enumerate(prompt_ids):
         digest = hashlib.blake2b(array("q", ids).tobytes(), digest_size=16).digest()
         occurrence = seen[digest] = seen.get(digest, -1) + 1
+        occurrence = occurrences[p] if occurrences else occurrence
         for j in range(n):
             key = hashlib.blake2b(digest + f"{seed}|{occurrence}|{j}".encode(), digest_size=8).digest()
             keys.append(int.from_bytes(key, "little") >> 2)

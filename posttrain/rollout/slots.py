@@ -119,7 +119,7 @@ class SlotRun:
         self.gen_S = torch.zeros(slots, **long)  # tokens sampled so far by the slot's sample
         self.key_S = torch.zeros(slots, **long)
         seed = sampling.seed if sampling.seed is not None else int(torch.randint(2**62, (1,)).item())
-        self.keys_N = torch.tensor(sample_keys(seed, prompt_ids, n), **long)
+        self.keys_N = torch.tensor(sample_keys(seed, prompt_ids, n, options.occurrences), **long)
         self.tokens_NT = torch.zeros((self.rows, sampling.max_new_tokens), **long)
         self.logprobs_NT = torch.zeros((self.rows, sampling.max_new_tokens), dtype=torch.float32,
                                        device=self.device)

@@ -322,7 +322,8 @@ class TorchEngine:
         prefill_s = time.perf_counter() - t0
         eos = [] if options.ignore_eos else eos_ids(model, tokenizer)
         checker = StopChecker(tokenizer, sampling.stop) if sampling.stop else None
-        keys_N = torch.tensor(sample_keys(seed, prompt_ids, n), dtype=torch.long, device=device)
+        keys_N = torch.tensor(sample_keys(seed, prompt_ids, n, options.occurrences), dtype=torch.long,
+                              device=device)
         sampled = self._decode(model, cache, state, sampling, options, (generator, keys_N), eos, checker)
         sampled.prefill_s = prefill_s
         sampled.decode_s = time.perf_counter() - t0 - prefill_s

@@ -76,6 +76,10 @@ class DecodeOptions:
     models the lean decoder does not take, and the other samplers, always use the batch engine."""
     kv_budget_mb: float = 2048
     """Most memory the slot engine's KV cache may take (MB); the slot count is capped to what it holds."""
+    occurrences: tuple[int, ...] = ()
+    """Each prompt's occurrence among equal prompts of the whole request, when this call samples a share
+    of it (rollout workers), so equal prompts on different workers still draw different streams; empty =
+    counted within this call."""
 
     def __post_init__(self) -> None:
         problems = []

@@ -50,6 +50,13 @@ def test_two_rollout_workers_give_the_samples_of_one_process(ray_cluster: str, t
     torch.manual_seed(7)
     unseeded = sample(model, tokenizer, PROMPTS, 2, SamplingParams(max_new_tokens=6))
     _assert_same_samples(unseeded, want_unseeded)
+    # an equal prompt in each worker's share (shares of 2 and 1): still one process's samples, so the
+    # second copy's samples are not the first copy's again
+    repeated = [PROMPTS[0], PROMPTS[1], PROMPTS[0]]
+    for options in ({}, {"slots": 0}):  # the slot engine and the batch engine
+        got = sample(model, tokenizer, repeated, 2, params, engine_options=options)
+        _assert_same_samples(got, generate(model, tokenizer, repeated, 2, params, engine_options=options))
+        assert got.completion_ids[4:] != got.completion_ids[:2]
 
 
 def test_a_bf16_engine_is_sent_bf16_weights_and_samples_as_one_process(ray_cluster: str,

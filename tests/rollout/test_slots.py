@@ -143,6 +143,16 @@ def test_buckets_cover_every_batch_size() -> None:
     assert [bucket_for(rows, bucket_sizes(40)) for rows in (1, 3, 9, 17, 33, 40)] == [1, 4, 16, 32, 40, 40]
 
 
+def test_sample_keys_of_a_share_are_the_whole_requests() -> None:
+    whole = [[1, 2], [3], [1, 2], [1, 2]]
+    keys = sample_keys(9, whole, 2)
+    assert len(set(keys)) == 8  # equal prompts: other occurrences, other keys
+    assert sample_keys(9, whole[2:], 2, occurrences=(1, 2)) == keys[4:]
+    assert sample_keys(9, whole[2:], 2)[:2] == keys[:2]  # counted within the share: the first copy's again
+    with pytest.raises(ValueError, match="occurrences has 1 entries for 2 prompts"):
+        sample_keys(9, whole[2:], 2, occurrences=(1,))
+
+
 def test_counter_uniforms_are_uniform_and_depend_only_on_key_and_step() -> None:
     keys = torch.tensor(sample_keys(0, [[1, 2, 3], [4, 5]], 500))
     steps = torch.arange(1000).repeat_interleave(1)[: keys.shape[0]]
