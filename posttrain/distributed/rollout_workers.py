@@ -57,6 +57,7 @@ from posttrain.distributed.cluster import (
 )
 from posttrain.models import is_peft
 from posttrain.rollout import Rollouts, SamplingParams, checked_prompt_ids, generate
+from posttrain.rollout.sampling import prompt_occurrences
 from posttrain.rollout.weights import weights_signature
 
 
@@ -108,12 +109,7 @@ def share_options(engine_options: dict[str, Any] | None, backend: str, prompt_id
     process draws (a worker counting within its share would repeat another worker's streams)."""
     if backend != "torch":
         return engine_options
-    counts: dict[tuple[int, ...], int] = {}
-    occurrences = []
-    for ids in prompt_ids[:stop]:
-        counts[tuple(ids)] = counts.get(tuple(ids), -1) + 1
-        occurrences.append(counts[tuple(ids)])
-    return {**(engine_options or {}), "occurrences": tuple(occurrences[first:])}
+    return {**(engine_options or {}), "occurrences": tuple(prompt_occurrences(prompt_ids[:stop])[first:])}
 
 
 REDUCED_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}

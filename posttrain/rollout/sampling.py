@@ -151,6 +151,16 @@ def _nucleus(sorted_BK: torch.Tensor, top_p: float) -> torch.Tensor:
     return (sorted_BK.cumsum(dim=-1) - sorted_BK) < top_p
 
 
+def prompt_occurrences(prompt_ids: list[list[int]]) -> list[int]:
+    """Each prompt's occurrence among the equal prompts before it (0 for the first of them)."""
+    counts: dict[tuple[int, ...], int] = {}
+    occurrences = []
+    for ids in prompt_ids:
+        counts[tuple(ids)] = counts.get(tuple(ids), -1) + 1
+        occurrences.append(counts[tuple(ids)])
+    return occurrences
+
+
 def sample_keys(seed: int, prompt_ids: list[list[int]], n: int,
                 occurrences: tuple[int, ...] = ()) -> list[int]:
     """[P·n] 62-bit key of each sample: a hash of the seed, its prompt's token ids, the occurrence of
@@ -158,11 +168,9 @@ def sample_keys(seed: int, prompt_ids: list[list[int]], n: int,
     share of a larger request), and its sample index."""
     if occurrences and len(occurrences) != len(prompt_ids):
         raise ValueError(f"occurrences has {len(occurrences)} entries for {len(prompt_ids)} prompts")
-    keys, seen = [], {}
-    for p, ids in enumerate(prompt_ids):
+    keys = []
+    for ids, occurrence in zip(prompt_ids, occurrences or prompt_occurrences(prompt_ids)):
         digest = hashlib.blake2b(array("q", ids).tobytes(), digest_size=16).digest()
-        occurrence = seen[digest] = seen.get(digest, -1) + 1
-        occurrence = occurrences[p] if occurrences else occurrence
         for j in range(n):
             key = hashlib.blake2b(digest + f"{seed}|{occurrence}|{j}".encode(), digest_size=8).digest()
             keys.append(int.from_bytes(key, "little") >> 2)
