@@ -1,7 +1,9 @@
 """Labellers' preferences, scripted: ``only_the_answer`` (the reply that does what "Reply with only the
 answer." asked; configs/rlhf-judged.yaml), ``an_answer_to_this`` (the same, a bare reply counting only
-when made of the question's words; configs/rlhf-judged-sft.yaml) and ``correct_answer`` (the right
-number, for the arithmetic task; configs/rlhf-rounds-arithmetic.yaml).
+when made of the question's words; configs/rlhf-judged-sft.yaml), and for the arithmetic task
+``correct_answer`` (the right number; configs/rlhf-rounds-arithmetic.yaml), ``plain_right_answer`` (the
+right number, then the plainer reply; configs/rlhf-judged-plain.yaml) and ``plain_answer`` (the plainer
+reply only; configs/rlhf-judged-plainness.yaml).
 
 The instructions task (posttrain/data/tasks/instructions.py) ends every prompt with "Reply with only
 the answer."; the embedded model mostly answers in a sentence that restates the question ('The first
@@ -154,5 +156,14 @@ def plain_right_answer(prompt: str, answer_a: str, answer_b: str) -> str:
     said = correct_answer(prompt, answer_a, answer_b)
     if said != "tie":
         return said
+    tier_a, tier_b = plainness(answer_a), plainness(answer_b)
+    return "a" if tier_a > tier_b else "b" if tier_b > tier_a else "tie"
+
+
+def plain_answer(prompt: str, answer_a: str, answer_b: str) -> str:
+    """The labeller of configs/rlhf-judged-plainness.yaml: the plainer reply (``plainness``) wins, right
+    or wrong; equal, a tie. A labeller who reads the form and does not redo the arithmetic, the kind
+    whose preference a reward model can learn from the text alone; whether the number is right is the
+    task's ``check()``, reported beside the win rate and guarding the run."""
     tier_a, tier_b = plainness(answer_a), plainness(answer_b)
     return "a" if tier_a > tier_b else "b" if tier_b > tier_a else "tie"

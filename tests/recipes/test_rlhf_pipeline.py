@@ -196,6 +196,13 @@ def test_plain_right_answer_labeller_wants_the_right_result_then_the_plainer_rep
     assert judge(prompt, "56", "7 * 8 = 56") == "tie" and judge(prompt, "It is 56.", "So, 56.") == "tie"
 
 
+def test_plain_answer_labeller_reads_the_form_only() -> None:
+    judge, prompt = _labeller().plain_answer, "What is 7 * 8? Answer with just the number."
+    assert judge(prompt, "54", "To solve this, multiply.\n\n7 * 8 = 56") == "a"  # plain wins, wrong or not
+    assert judge(prompt, "The answer is 56.", "15") == "b" and judge(prompt, "7 * 8 = 54", "56") == "tie"
+    assert judge(prompt, "It is 56.", "56\n\nEasy!") == "a" and judge(prompt, "", "It is 54.") == "b"
+
+
 FIRST = 'What is the first word of the sentence "drum road crab"? Reply with only the answer.'
 SORT = "Sort these words alphabetically: pear, dog, apple. Reply with only the answer."
 REVERSE = 'Reverse the letters of the word "berry". Reply with only the answer.'
@@ -265,3 +272,19 @@ def test_the_plain_config_judges_with_its_labeller_on_plain_prompts_and_guards_c
         assert judged.options["style"] == trained.data.options["style"] == "plain"
         assert trained.rewards[1:] == ["task_correct"] and trained.reward_weights == [1, 0]  # measured only
         assert trained.health.guard == guard
+
+
+def test_the_plainness_config_learns_the_form_and_verifies_the_number_in_ppo_verified(tmp_path: Path) -> None:
+    config = load_config(pipeline.Config, ROOT / "configs" / "rlhf-judged-plainness.yaml")
+    stages = {s.name: s for s in pipeline.plan(config, tmp_path / "p")}
+    labeller = stages["label"].config.labeller
+    assert labeller == "examples/labeller.py:plain_answer"
+    reward_model = f"reward_model:{tmp_path / 'p' / 'rm' / 'final'}"
+    ppo_alone, verified = to_dict(stages["ppo"].config), to_dict(stages["ppo_verified"].config)
+    assert {k for k in ppo_alone if ppo_alone[k] != verified[k]} == {"run", "reward_weights"}  # run.name
+    assert verified["rewards"] == [reward_model, "task_correct"] and verified["reward_weights"] == [1, 1]
+    for policy in ("ppo", "grpo", "ppo_verified"):
+        trained, judged = stages[policy].config, stages[f"judge_{policy}"].config
+        assert judged.judge == labeller and judged.model == str(stages[policy].model)
+        assert judged.options == trained.data.options and trained.data.options["style"] == "plain"
+    assert stages["ppo"].config.reward_weights == stages["grpo"].config.reward_weights == [1, 0]
