@@ -22,10 +22,11 @@ from pathlib import Path
 
 import torch
 
+from posttrain.config import ModelConfig
 from posttrain.data.formats import load_rows
 from posttrain.data.preferences import encode_pairs, pair_batches
-from posttrain.logprobs import token_logprobs
 from posttrain.models import EMBEDDED_DEFAULT, load_model, load_tokenizer
+from posttrain.preference_training import response_logprobs
 from posttrain.rewards.reward_model import load_score_model, score_texts
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -42,11 +43,10 @@ def reply_likelihoods(model_name: str, rows: list[dict], max_length: int) -> tup
     with torch.no_grad():
         for batch in pair_batches(encode_pairs(tokenizer, rows, max_length, truncate=True), 16,
                                   tokenizer.pad_token_id):
-            logprobs_NT, _ = token_logprobs(model, batch["input_ids"], batch["attention_mask"],
-                                            batch["loss_mask"])
-            count_N = batch["loss_mask"].sum(-1)
+            logprobs_NT = response_logprobs(model, batch, ModelConfig(name=model_name, autocast="none"),
+                                            share_prompts=False)
             totals += logprobs_NT.sum(-1).tolist()
-            means += (logprobs_NT.sum(-1) / count_N).tolist()
+            means += (logprobs_NT.sum(-1) / batch["loss_mask"].sum(-1)).tolist()
     return totals, means
 
 
