@@ -46,6 +46,13 @@ status from that record only, never from an exit code or from what the program p
   nothing; exiting early (`sys.exit(0)`, `os._exit(0)`), killing the supervisor, printing or
   writing a fake record anywhere, or reporting unknown tokens all end as failures. Each assert
   also reports a random token, counted in `passed_tests` (asserts that ran and held);
+- the supervisor's variables (the end token among them) are out of the solution's reach: from the
+  moment the solution starts, an audit hook makes `sys._getframe`, `sys._current_frames`,
+  tracebacks', generators' and coroutines' frames, the collector's object lists (`gc.get_objects`,
+  `get_referrers`, `get_referents`) and importing ctypes fail (ValueError, AttributeError,
+  RuntimeError, ImportError: namedtuple, typing and enum fall back as on an interpreter without
+  frames), and the test runs' seccomp filter refuses to install signal handlers (a handler is
+  handed the running frame); failures still print their traceback (file, line, function);
 - the test code runs its statements in order: `sys.settrace`, `sys.setprofile` and
   `sys.monitoring` are taken away before the solution runs (a trace callback can move another
   frame's `f_lineno`, i.e. jump over asserts or over the checks below);
@@ -73,12 +80,15 @@ What is NOT protected (read before trusting a reward):
   answer. Solution classes the tests call directly are not guarded (only functions are).
 - `run_tests` is the HumanEval design: solution and tests share one process. The test code is
   in no file, argument or environment variable, and it is compiled only after the solution's
-  top level ran, but its source (with its tokens and expected values) is in that process's memory
-  from the start: a solution written against this harness can find it (gc, the caller's frame)
-  and write the protocol lines itself, and `ctypes` (standard library) can rewrite the
-  interpreter's memory or install a trace hook from C. A program built against this harness can
-  forge a pass that way; exit codes, printed or guessed verdicts, objects with a lying `__eq__`
-  and patched runtimes cannot. Only stdin/stdout cases keep expected answers truly hidden.
+  top level ran, but its source is in that process's memory; the routes to it that Python offers
+  (frames, the collector, ctypes, signal handlers) are fenced, not the interpreter's own memory-
+  safety bugs (hand-made code objects through `code.replace` or `marshal`, CPython's known
+  crashers), which a program written against this harness could still use to forge a pass.
+  Without the seccomp layer (an architecture with no table, or no bwrap) signal handlers are not
+  refused; without bwrap the supervisor loads ctypes (to turn off core dumps) and /proc is
+  visible: no verdict there is safe from a program written to forge one. Exit codes, printed or
+  guessed verdicts, objects with a lying `__eq__` and patched runtimes cannot forge one anywhere.
+  Only stdin/stdout cases keep expected answers truly hidden.
 - The sandbox shares the host kernel: a kernel exploit escapes it (seccomp only narrows the
   surface). Everything under /usr is readable inside. Spawning a shell is possible but the shell
   is in the same sandbox (same limits, no network, nothing writable outside /tmp).

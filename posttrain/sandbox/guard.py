@@ -13,8 +13,11 @@ from __future__ import annotations
 import _signal
 import _thread
 import builtins
+import gc
+import importlib  # noqa: F401  (renames _frozen_importlib's __name__ when imported: before the watch)
 import os
 import sys
+import types  # noqa: F401  (reads tb_frame when imported: before the fence)
 from _operator import is_ as _is
 from abc import ABCMeta
 from itertools import chain as _chain
@@ -31,6 +34,11 @@ EVENTS_FD = 3
 # Bound before any untrusted code runs: the solution may replace the os / sys attributes.
 _exit, _write, _gettrace, _getprofile = os._exit, os.write, sys.gettrace, sys.getprofile
 _thread_count = _thread._count
+_addaudithook, _gc_disable, _gc_enable, _gc_isenabled = sys.addaudithook, gc.disable, gc.enable, gc.isenabled
+try:
+    raise ValueError
+except ValueError as _raised:
+    _TRACEBACK = type(_raised.__traceback__)
 # Exact types, compared by identity (a metaclass can make `type(x) in {int}` true for any class).
 _ATOMS = {id(t) for t in (int, float, complex, str, bytes, bool, type(None), range)}
 _DICT_VIEWS = {id(type(getattr({}, view)())): view for view in ("keys", "values", "items")}
@@ -48,6 +56,16 @@ _HOOK_SETTERS = ("settrace", "setprofile", "monitoring", "_settraceallthreads", 
                  "addaudithook")  # fmt: skip
 
 
+# What hands out a frame (from any frame the supervisor's own variables, the end token among them,
+# are an f_back walk away), every live object, or raw memory (ctypes, CPython's test modules).
+_FENCED_EVENTS = frozenset((
+    "object.__getattr__", "sys._getframe", "sys._current_frames", "sys._current_exceptions",
+    "gc.get_objects", "gc.get_referrers", "gc.get_referents", "import",
+))  # fmt: skip
+_FRAME_ATTRIBUTES = frozenset(("tb_frame", "gi_frame", "cr_frame", "ag_frame"))
+_FENCED_MODULES = frozenset(("ctypes", "_ctypes", "_testcapi", "_testinternalcapi"))
+
+
 def emit(line: str) -> None:
     try:
         _write(EVENTS_FD, line.encode("utf-8", "replace")[:4096] + b"\n")
@@ -55,18 +73,82 @@ def emit(line: str) -> None:
         pass
 
 
-def report_exception(exc: BaseException) -> None:
+def report_exception(exc: BaseException, traceback_text: Callable[[BaseException], str] | None = None
+                     ) -> None:  # fmt: skip
+    """The `error` event, and the traceback on stderr (through `traceback_text` once fenced)."""
     try:  # str() runs the solution's __str__, which may itself raise
         message = " ".join(str(exc).split())[:300]
     except BaseException:
         message = "(unprintable)"
-    emit(f"error {type(exc).__name__} {message}")
+    name = _type_name(type(exc))
+    emit(f"error {name} {message}")
     try:
-        import traceback
+        if traceback_text is None:
+            import traceback
 
-        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        else:
+            sys.stderr.flush()
+            _write(2, f"{traceback_text(exc)}{name}: {message}\n".encode("utf-8", "replace"))
     except BaseException:  # a broken stderr must not hide the verdict
         pass
+
+
+def fence_introspection() -> Callable[[BaseException], str]:
+    """From now on, in this process, refuse frames, the collector's object lists and ctypes.
+
+    The solution and the tests share the process with the supervisor's variables; the audit hook
+    installed here (hooks can never be removed) makes the routes to them fail as they would on a
+    system without them: `sys._getframe` raises ValueError (so namedtuple, typing and enum fall back),
+    `tb_frame` / `gi_frame` / `cr_frame` / `ag_frame` AttributeError, the collector's lists
+    RuntimeError, importing ctypes ImportError. Signal handlers, the other source of frames, are
+    refused by the test runs' seccomp filter. Returns the one reader of a traceback left: held by
+    the supervisor's frame only, so by nothing the solution can reach.
+    """
+    unlocked = [False]
+
+    def hook(event: str, args: tuple) -> None:
+        if event in _FENCED_EVENTS and not unlocked[0]:
+            _refuse(event, args)
+
+    def traceback_text(exc: BaseException) -> str:
+        """File, line and function of each frame of `exc`'s traceback, frames allowed for this call
+        alone: nothing else runs meanwhile (no other thread, no collector, only C getters and
+        exact-type formatting)."""
+        if _thread_count() > 0:
+            return ""
+        lines, collecting = ["Traceback (most recent call last):"], _gc_isenabled()
+        _gc_disable()
+        unlocked[0] = True
+        try:
+            tb = BaseException.__dict__["__traceback__"].__get__(exc)
+            while type(tb) is _TRACEBACK and len(lines) < 100:
+                code = tb.tb_frame.f_code
+                where = f'  File "{str.__add__("", code.co_filename)}", line {int(tb.tb_lineno)}'
+                lines.append(f"{where}, in {str.__add__('', code.co_name)}")
+                tb = tb.tb_next
+        finally:
+            unlocked[0] = False
+            if collecting:
+                _gc_enable()
+        return "\n".join(lines) + "\n"
+
+    _addaudithook(hook)
+    return traceback_text
+
+
+def _refuse(event: str, args: tuple) -> None:
+    if event == "object.__getattr__":
+        if args[1] in _FRAME_ATTRIBUTES:
+            raise AttributeError(f"{args[1]} is not available in the sandbox")
+    elif event == "import":
+        name = args[0]
+        if type(name) is not str or name in _FENCED_MODULES or str.startswith(name, "ctypes."):
+            raise ImportError(f"module {name!r} is not available in the sandbox")
+    elif event.startswith("sys."):
+        raise ValueError(f"{event} is not available in the sandbox")
+    else:
+        raise RuntimeError(f"{event} is not available in the sandbox")
 
 
 def _violation(message: str) -> None:

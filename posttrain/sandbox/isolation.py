@@ -151,6 +151,8 @@ class Plan:
     layers: tuple[str, ...]
     python: str = SANDBOX_PYTHON
     seccomp: bytes | None = None
+    seccomp_tests: bytes | None = None
+    """The filter for runs against test code: `seccomp` that also refuses to install signal handlers."""
     private_pids: bool = False
 
 
@@ -179,9 +181,10 @@ def plan(require: tuple[str, ...] | list[str] | None = None) -> Plan:
     active = [name for name in order if found[name]]
     if "bwrap" in active and "unshare" in active:
         active.remove("unshare")  # bwrap already makes every namespace unshare would
-    seccomp = build_filter() if "seccomp" in active else None
+    seccomp = "seccomp" in active
     private = "bwrap" in active or "unshare" in active
-    return Plan(layers=tuple(active), seccomp=seccomp, private_pids=private)
+    return Plan(layers=tuple(active), seccomp=build_filter() if seccomp else None, private_pids=private,
+                seccomp_tests=build_filter(deny_signal_handlers=True) if seccomp else None)
 
 
 def require_isolation(require: Sequence[str] | None = None) -> tuple[str, ...]:

@@ -13,6 +13,10 @@ a clean failure):
   the new mount API), `bpf`, `perf_event_open`, `userfaultfd`, keyrings, kernel modules, `kexec`,
   `reboot`, `swapon/off`, `acct`, `quotactl`, `syslog`, `open_by_handle_at`, `fanotify_init`,
   `iopl/ioperm`, `vhangup`, `lookup_dcookie`: kernel attack surface no test program needs.
+With `deny_signal_handlers` (test runs), `rt_sigaction` that installs anything is refused too
+(EPERM; reading a disposition is allowed): a Python signal handler is called with the running frame,
+and from a frame the supervisor's own variables, the end token among them, are reachable. Python
+starts fine under it (it ignores a failure to set its own handlers), with every signal at SIG_DFL.
 Any syscall from a foreign ABI (i386 `int 0x80`, x32) is denied with ENOSYS, because its numbers
 differ from the table checked here.
 
@@ -35,7 +39,7 @@ _RET_K = 0x06
 _RET_ALLOW = 0x7FFF0000
 _RET_ERRNO = 0x00050000
 # Offsets inside `struct seccomp_data`: int nr; u32 arch; u64 ip; u64 args[6] (little endian).
-_OFF_NR, _OFF_ARCH, _OFF_ARG0_LOW = 0, 4, 16
+_OFF_NR, _OFF_ARCH, _OFF_ARG0_LOW, _OFF_ARG1_LOW, _OFF_ARG1_HIGH = 0, 4, 16, 24, 28
 _AF_UNIX = 1
 _X32_SYSCALL_BIT = 0x40000000
 
@@ -64,7 +68,7 @@ _TABLES: dict[str, tuple[int, dict[str, int]]] = {
             "reboot": 169, "swapon": 167, "swapoff": 168, "acct": 163, "quotactl": 179,
             "syslog": 103, "open_by_handle_at": 304, "name_to_handle_at": 303,
             "fanotify_init": 300, "lookup_dcookie": 212, "vhangup": 153, "io_uring_setup": 425,
-            "io_uring_enter": 426, "io_uring_register": 427, "iopl": 172, "ioperm": 173,
+            "io_uring_enter": 426, "io_uring_register": 427, "iopl": 172, "ioperm": 173, "rt_sigaction": 13,
         },
     ),
     "aarch64": (
@@ -80,7 +84,7 @@ _TABLES: dict[str, tuple[int, dict[str, int]]] = {
             "reboot": 142, "swapon": 224, "swapoff": 225, "acct": 89, "quotactl": 60,
             "syslog": 116, "open_by_handle_at": 265, "name_to_handle_at": 264,
             "fanotify_init": 262, "lookup_dcookie": 18, "vhangup": 58, "io_uring_setup": 425,
-            "io_uring_enter": 426, "io_uring_register": 427,
+            "io_uring_enter": 426, "io_uring_register": 427, "rt_sigaction": 134,
         },
     ),
 }  # fmt: skip
@@ -90,32 +94,41 @@ def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
     return struct.pack("<HBBI", code, jt, jf, k)
 
 
-def build_filter(machine: str | None = None) -> bytes | None:
+def build_filter(machine: str | None = None, deny_signal_handlers: bool = False) -> bytes | None:
     """The BPF program (`struct sock_filter[]` bytes) for `machine` (default: this one), or None.
 
-    Layout: check the ABI, deny x32 numbers, jump to the errno return for each denied number, let
-    `socket(AF_UNIX, ...)` through and refuse every other socket family, allow the rest.
+    Layout: check the ABI, deny x32 numbers, jump to the errno return for each denied number, with
+    `deny_signal_handlers` refuse `rt_sigaction` with a new action (its second argument not NULL),
+    let `socket(AF_UNIX, ...)` through and refuse every other socket family, allow the rest.
     """
     machine = machine or platform.machine()
     if machine not in _TABLES:
         return None
     audit_arch, numbers = _TABLES[machine]
     denied = [numbers[name] for name in (*_COMMON_DENIED, "iopl", "ioperm") if name in numbers]
-    deny_errno = _RET_ERRNO | errno.EPERM
-    body: list[bytes] = []
-    # Each denied-syscall jump lands on the shared `deny` return placed right after the list:
-    # with n checks, check i jumps over the (n - i - 1) checks after it and the socket block (5).
-    n = len(denied)
-    for i, nr in enumerate(denied):
-        body.append(_insn(_JEQ_K, (n - i - 1) + 5, 0, nr))
-    body += [
+    deny = _insn(_RET_K, 0, 0, _RET_ERRNO | errno.EPERM)
+    allow = _insn(_RET_K, 0, 0, _RET_ALLOW)
+    # Each block ends in a return, except that its "not mine" jump lands on the next block's start.
+    signals = [
+        _insn(_JEQ_K, 0, 6, numbers["rt_sigaction"]),  # not rt_sigaction -> the socket block
+        _insn(_LD_W_ABS, 0, 0, _OFF_ARG1_LOW),
+        _insn(_JEQ_K, 0, 2, 0),  # a new action -> deny
+        _insn(_LD_W_ABS, 0, 0, _OFF_ARG1_HIGH),
+        _insn(_JEQ_K, 1, 0, 0),  # NULL: only reads the disposition -> allow
+        deny,
+        allow,
+    ] if deny_signal_handlers else []  # fmt: skip
+    sockets = [
         _insn(_JEQ_K, 0, 3, numbers["socket"]),  # not socket -> allow (3 ahead)
         _insn(_LD_W_ABS, 0, 0, _OFF_ARG0_LOW),
         _insn(_JEQ_K, 1, 0, _AF_UNIX),  # AF_UNIX -> allow
         _insn(_RET_K, 0, 0, _RET_ERRNO | errno.EACCES),
-        _insn(_RET_K, 0, 0, _RET_ALLOW),
-        _insn(_RET_K, 0, 0, deny_errno),  # the shared `deny` target
+        allow,
     ]
+    # Each denied-syscall jump lands on the shared `deny` return placed after the blocks: check i
+    # jumps over the (n - i - 1) checks after it and both blocks.
+    n = len(denied)
+    checks = [_insn(_JEQ_K, (n - i - 1) + len(signals) + len(sockets), 0, nr) for i, nr in enumerate(denied)]
     head = [
         _insn(_LD_W_ABS, 0, 0, _OFF_ARCH),
         _insn(_JEQ_K, 1, 0, audit_arch),
@@ -124,4 +137,4 @@ def build_filter(machine: str | None = None) -> bytes | None:
     ]
     if machine == "x86_64":
         head += [_insn(_JGE_K, 0, 1, _X32_SYSCALL_BIT), _insn(_RET_K, 0, 0, _RET_ERRNO | errno.ENOSYS)]
-    return b"".join(head + body)
+    return b"".join(head + checks + signals + sockets + [deny])
