@@ -540,7 +540,7 @@ def test_always_equal_object_fails() -> None:
 
 
 SAME = "class Same:\n    def __eq__(self, other):\n        return True\n"
-# Each of the first four, and the two module ones, passed on the old harness.
+# Each of the first four, the two module ones and the guard's constants passed on an older harness.
 FORGERIES = {
     "a metaclass lying to the type check": (_src("""
         class Meta(type):
@@ -619,6 +619,20 @@ FORGERIES = {
     """), "add", "AssertionError"),
     "an import path changed in a call": ("import sys\ndef add(a, b):\n    sys.path.insert(0, '/tmp')\n"
                                          "    return a + b\n", ADD_TESTS, "add", "how modules are imported"),
+    "the guard's constants, found through object.__subclasses__()": (SAME + _src("""
+        def add(a, b):
+            for kind in object.__subclasses__():
+                if kind.__name__ == "_Watch":
+                    kind.check.__globals__["_ATOMS"].add(id(Same))
+            return Same()
+    """), ADD_TESTS, "add", "returned a Same object"),
+    "the guard's constants, rebound through a function the tests hand over": (SAME + _src("""
+        def add(a, b, f):
+            guard = f.__globals__["add"].__globals__
+            guard["_ATOMS"] = frozenset(guard["_ATOMS"] | {id(Same)})
+            return Same()
+    """), "def check(candidate):\n    assert candidate(2, 2, lambda: 0) == 4\n", "add",
+        "modified the sandbox's guard"),
     "a violation swallowed by the test": (SAME + "def add(a, b):\n    return Same()\n", _src("""
         def check(candidate):
             try:

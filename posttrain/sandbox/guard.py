@@ -17,7 +17,7 @@ import gc
 import importlib  # noqa: F401  (renames _frozen_importlib's __name__ when imported: before the watch)
 import os
 import sys
-import types  # noqa: F401  (reads tb_frame when imported: before the fence)
+import types  # before the fence: it reads tb_frame when imported
 from _operator import is_ as _is
 from abc import ABCMeta
 from itertools import chain as _chain
@@ -28,6 +28,8 @@ TYPE_CHECKING = False  # typing itself costs ~10 ms of imports per run
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import CodeType
+
+    Watch = tuple[Callable[[], None], Callable[[], None], Callable[[], None]]
 
 EVENTS_FD = 3
 """The child's end of the events pipe (`ok TOKEN`, `end TOKEN`, `error TYPE MESSAGE` lines)."""
@@ -40,15 +42,17 @@ try:
 except ValueError as _raised:
     _TRACEBACK = type(_raised.__traceback__)
 # Exact types, compared by identity (a metaclass can make `type(x) in {int}` true for any class).
-_ATOMS = {id(t) for t in (int, float, complex, str, bytes, bool, type(None), range)}
-_DICT_VIEWS = {id(type(getattr({}, view)())): view for view in ("keys", "values", "items")}
-_MUTABLE = {id(list), id(dict), id(set), id(bytearray), *_DICT_VIEWS}
+# Immutable, and this module's names are watched like a loaded module's: the solution can reach
+# them (a function of this module handed to it by a test) but changes none unnoticed.
+_ATOMS = frozenset(id(t) for t in (int, float, complex, str, bytes, bool, type(None), range))
+_DICT_VIEWS = types.MappingProxyType({id(type(getattr({}, v)())): v for v in ("keys", "values", "items")})
+_MUTABLE = frozenset((id(list), id(dict), id(set), id(bytearray), *_DICT_VIEWS))
 _CONTAINERS = _MUTABLE | {id(tuple), id(frozenset)}
 _ATOMS_OR_TUPLE = _ATOMS | {id(tuple)}
-_CALLABLES = {id(type(len)), id(type(lambda: None))}
+_CALLABLES = frozenset((id(type(len)), id(type(lambda: None))))
 _GENERATOR = type(x for x in ())
 _FUNCTION = type(lambda: None)
-_CLASS_KINDS = {id(type), id(ABCMeta)}  # metaclasses whose attribute reads run no one else's code
+_CLASS_KINDS = frozenset((id(type), id(ABCMeta)))  # metaclasses whose attribute reads run no one else's code
 _IMMUTABLE_TYPE, _HEAP_TYPE = 1 << 8, 1 << 9
 # Hooks that would run the solution's code in the middle of the test code (and a trace or
 # monitoring callback can even move a frame's f_lineno, i.e. jump over asserts): gone for the tests.
@@ -294,53 +298,60 @@ def _function_parts(value: object) -> list:
     return [inner.__code__, inner.__defaults__, inner.__kwdefaults__] if type(inner) is _FUNCTION else []
 
 
-class _Watch:
-    """Snapshots of builtins, loaded modules and the import system, checked after the solution and
-    every call; the import system is also reset before the tests import anything."""
+def _watch() -> Watch:
+    """(note_new_modules, check, reset_imports): snapshots of builtins, loaded modules, this module's
+    own names and the import system, checked after the solution and every call; the import system
+    is also reset before the tests import anything. Closures, not a class: object.__subclasses__()
+    lists every class, and a class's methods would hand the solution this module's globals."""
+    before = dict(builtins.__dict__)
+    handlers = _signal_handlers()
+    imports = (list(sys.path), list(sys.meta_path), list(sys.path_hooks))
+    own = globals()
+    own_names, own_internals = dict(own), _internals(own, own.get("__name__"))
+    modules: dict = {}
+    missing = object()
 
-    def __init__(self) -> None:
-        self.builtins = dict(builtins.__dict__)
-        self.handlers = _signal_handlers()
-        self.imports = (list(sys.path), list(sys.meta_path), list(sys.path_hooks))
-        self.modules: dict = {}
-        self.add_new_modules()
-
-    def add_new_modules(self) -> None:
+    def note_new_modules() -> None:
         for name, module in list(sys.modules.items()):
-            if name not in self.modules and name not in ("__main__", "sys"):
+            if name not in modules and name not in ("__main__", "sys"):
                 names = dict(getattr(module, "__dict__", {}))
-                self.modules[name] = (module, names, _internals(names, names.get("__name__")))
+                modules[name] = (module, names, _internals(names, names.get("__name__")))
 
-    def reset_imports(self) -> None:
+    def reset_imports() -> None:
         """The solution's sys.path, finders and cached finders are gone: the tests import genuine modules."""
-        path, meta_path, path_hooks = self.imports
+        path, meta_path, path_hooks = imports
         sys.path, sys.meta_path, sys.path_hooks = list(path), list(meta_path), list(path_hooks)
         sys.path_importer_cache = {}
 
-    def check(self) -> None:
+    def changed(namespace: dict, names: dict, internals: list) -> bool:
+        now = _internals(names, names.get("__name__"))
+        return (any(namespace.get(k, missing) is not v for k, v in names.items())
+                or len(now) != len(internals) or not all(map(_is, now, internals)))  # fmt: skip
+
+    def check() -> None:
         if _gettrace() is not None or _getprofile() is not None:
             _violation("the solution installed a trace or profile hook")
         if _thread_count() > 0:
             _violation("the solution left a thread running")
-        if any(now is not before for now, before in zip(_signal_handlers(), self.handlers)):
+        if any(now is not then for now, then in zip(_signal_handlers(), handlers)):
             _violation("the solution installed a signal handler")  # it would run amid the test code
         # Identity of every name that existed before; new names can't change what tests call.
         current = builtins.__dict__
-        if any(current.get(k, self) is not v for k, v in self.builtins.items()):
+        if any(current.get(k, missing) is not v for k, v in before.items()):
             _violation("the solution modified builtins")
-        for name, (module, snapshot, internals) in self.modules.items():
-            current = getattr(module, "__dict__", {})
-            if sys.modules.get(name) is not module or any(
-                current.get(k, self) is not v for k, v in snapshot.items()
-            ):
+        if changed(own, own_names, own_internals):
+            _violation("the solution modified the sandbox's guard")
+        for name, (module, snapshot, internals) in modules.items():
+            namespace = getattr(module, "__dict__", {})
+            if sys.modules.get(name) is not module or changed(namespace, snapshot, internals):
                 _violation(f"the solution modified module {name!r}")
-            now = _internals(snapshot, snapshot.get("__name__"))
-            if len(now) != len(internals) or not all(map(_is, now, internals)):
-                _violation(f"the solution modified a function or class of module {name!r}")
-        path, meta_path, path_hooks = self.imports
-        for now, before in ((sys.path, path), (sys.meta_path, meta_path), (sys.path_hooks, path_hooks)):
-            if type(now) is not list or len(now) != len(before) or not all(map(_is, now, before)):
+        path, meta_path, path_hooks = imports
+        for now, then in ((sys.path, path), (sys.meta_path, meta_path), (sys.path_hooks, path_hooks)):
+            if type(now) is not list or len(now) != len(then) or not all(map(_is, now, then)):
                 _violation("the solution changed how modules are imported")
+
+    note_new_modules()
+    return note_new_modules, check, reset_imports
 
 
 def _is_builtin_iterator(kind: type) -> bool:
@@ -351,7 +362,7 @@ def _is_builtin_iterator(kind: type) -> bool:
     return bool(flags & _IMMUTABLE_TYPE or not flags & _HEAP_TYPE) and hasattr(kind, "__next__")
 
 
-def _export(value: object, name: str, watch: _Watch) -> object:
+def _export(value: object, name: str, watch: Watch) -> object:
     """What a test receives from the solution: a copy of built-in data; an iterator's items one by
     one, each made under the guard; a callable, guarded in turn."""
     kind = type(value)
@@ -362,39 +373,42 @@ def _export(value: object, name: str, watch: _Watch) -> object:
     return _plain_copy(value, name)
 
 
-def _guarded_items(iterator: object, name: str, watch: _Watch) -> object:
+def _guarded_items(iterator: object, name: str, watch: Watch) -> object:
     """A generator over the solution's iterator (`list(countdown(3))`, `next(gen)`, `send` work)."""
     send = iterator.send if type(iterator) is _GENERATOR else None
+    note_new_modules, check, _ = watch
     try:
         sent = None
         while True:
-            watch.add_new_modules()
+            note_new_modules()
             try:
                 item = next(iterator) if sent is None or send is None else send(sent)
             except StopIteration as stop:
                 return _plain_copy(stop.value, name)
             finally:
-                watch.check()
+                check()
             sent = yield _export(item, name, watch)
     finally:
         # Closing runs the solution's `finally` blocks and frees its objects: under the guard too.
-        watch.add_new_modules()
+        note_new_modules()
         try:
             if send is not None:
                 iterator.close()
             del iterator, send
         finally:
-            watch.check()
+            check()
 
 
-def _guard(function: Callable, name: str, watch: _Watch) -> Callable:
+def _guard(function: Callable, name: str, watch: Watch) -> Callable:
+    note_new_modules, check, _ = watch
+
     def guarded(*args: object, **kwargs: object) -> object:
-        watch.add_new_modules()
+        note_new_modules()
         arguments_plain = type(_walk((args, kwargs))) is list
         try:
             result = function(*args, **kwargs)
         finally:  # also when it raises: a test may catch the exception and go on
-            watch.check()
+            check()
             if arguments_plain and type(_walk((args, kwargs))) is not list:
                 _violation(f"{name} put a non-data object into its arguments")
         return _export(result, name, watch)
@@ -437,7 +451,8 @@ def child_tests(code: CodeType, spec: dict) -> None:
     for setter in _HOOK_SETTERS:
         if hasattr(sys, setter):
             setattr(sys, setter, _refuse_hook)
-    watch = _Watch()
+    watch = _watch()
+    _, check, reset_imports = watch
     pristine = dict(builtins.__dict__)
     known_modules = set(sys.modules)
     namespace = _fresh_main("__solution__")
@@ -445,8 +460,8 @@ def child_tests(code: CodeType, spec: dict) -> None:
     # Modules the solution imported are dropped so the tests import fresh, unpatched copies.
     for name in [n for n in sys.modules if n not in known_modules]:
         del sys.modules[name]
-    watch.reset_imports()
-    watch.check()
+    reset_imports()
+    check()
     tests = compile(spec["tests"], "<tests>", "exec", dont_inherit=True, optimize=0)
     test_ns = dict(namespace)
     for name, value in namespace.items():
@@ -462,7 +477,7 @@ def child_tests(code: CodeType, spec: dict) -> None:
         if entry not in namespace:
             raise NameError(f"the solution does not define {entry!r}")
         test_ns["check"](test_ns.get(entry))
-    watch.check()
+    check()
     emit("end " + spec["end_token"])
 
 
