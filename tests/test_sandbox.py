@@ -571,7 +571,7 @@ FORGERIES = {
             caller.f_trace = jump
             sys.settrace(lambda *a: None)
             return Same()
-    """), ADD_TESTS, "add", "sys._getframe is not available"),
+    """), ADD_TESTS, "add", "has no attribute '_getframe'"),
     "an argument filled with objects": (SAME + _src("""
         def sort_in_place(xs):
             xs[:] = [Same(), Same(), Same()]
@@ -633,6 +633,30 @@ FORGERIES = {
             return Same()
     """), "def check(candidate):\n    assert candidate(2, 2, lambda: 0) == 4\n", "add",
         "modified the sandbox's guard"),
+    "a cached function": (SAME + "import functools\n@functools.cache\ndef add(a, b):\n    return Same()\n",
+                          ADD_TESTS, "add", "returned a Same object"),
+    "a bound method": (SAME + "class Solution:\n    def add(self, a, b):\n        return Same()\n"
+                       "add = Solution().add\n", ADD_TESTS, "add", "returned a Same object"),
+    "a partial": (SAME + "import functools\ndef _add(a, b):\n    return Same()\n"
+                  "add = functools.partial(_add)\n", ADD_TESTS, "add", "returned a Same object"),
+    "a callable instance": (SAME + "class Adder:\n    def __call__(self, a, b):\n        return Same()\n"
+                            "add = Adder()\n", ADD_TESTS, "add", "returned a Same object"),
+    "a class whose __new__ answers": (SAME + "class add:\n    def __new__(cls, a, b):\n"
+                                      "        return Same()\n", ADD_TESTS, "add", "returned a Same object"),
+    "the same class, called by top-level asserts": (
+        SAME + "class add:\n    def __new__(cls, a, b):\n        return Same()\n",
+        "assert add(2, 2) == 4\nassert add(1, 2) == 3\n", None, "returned a Same object"),
+    "a function with globals of its own": (
+        SAME + "exec('def add(a, b):\\n    return Same()', {'Same': Same}, g := {})\nadd = g['add']\n",
+        ADD_TESTS, "add", "returned a Same object"),
+    "builtins the solution redefines": (
+        "def abs(x):\n    return 0\ndef sorted(x):\n    return 0\ndef add(a, b):\n    return [7]\n",
+        "def check(candidate):\n    assert abs(candidate(2, 2)[0] - 4) < 1e-6\n"
+        "    assert sorted(candidate(1, 2)) == sorted([3])\n", "add", "AssertionError"),
+    "an object standing in for a module the tests use": (
+        "class FakeMath:\n    def isclose(self, *a, **k):\n        return True\nmath = FakeMath()\n"
+        "def area(r):\n    return 0.0\n",
+        "def check(f):\n    assert math.isclose(f(1.0), 3.14159)\n", "area", "NameError"),
     "a violation swallowed by the test": (SAME + "def add(a, b):\n    return Same()\n", _src("""
         def check(candidate):
             try:
@@ -669,7 +693,7 @@ FORGE_FROM_FRAMES = _src("""
     def add(a, b):
 """)
 FRAME_ROUTES = {
-    "sys._getframe": ("forge(sys._getframe())", "ValueError: sys._getframe is not available"),
+    "sys._getframe": ("forge(sys._getframe())", "AttributeError: module 'sys' has no attribute '_getframe'"),
     "a traceback": ("try:\n    1 / 0\nexcept ZeroDivisionError as e:\n    forge(e.__traceback__.tb_frame)",
                     "AttributeError: tb_frame is not available"),
     "a running generator": ("def gen():\n    forge(g.gi_frame)\n    yield 1\ng = gen()\nnext(g)",
@@ -679,8 +703,12 @@ FRAME_ROUTES = {
     "the collector": ("import gc\nfor o in gc.get_objects():\n    if type(o) is dict and 'end_token' in o:\n"
                       "        forge_from(o)", "RuntimeError: gc.get_objects is not available"),
     "the threads' frames": ("forge(sys._current_frames()[__import__('threading').get_ident()])",
-                            "ValueError: sys._current_frames is not available"),
+                            "AttributeError: module 'sys' has no attribute '_current_frames'"),
     "ctypes": ("import ctypes\nforge(ctypes.c_char_p)", "ImportError: module 'ctypes' is not available"),
+    "ctypes under another name": (
+        "import glob, importlib.util\nspec = importlib.util.spec_from_file_location("
+        "'x._ctypes', glob.glob('/usr/lib/python3*/lib-dynload/_ctypes*.so')[0])\n"
+        "forge(importlib.util.module_from_spec(spec))", "ImportError: module 'x._ctypes' is not available"),
 }  # fmt: skip
 
 
@@ -713,6 +741,59 @@ def test_the_standard_library_works_behind_the_fence() -> None:
     """)
     result = run_tests(source, ADD_TESTS, "add")
     assert result.status == "passed", result.reason
+
+
+def test_collections_results_reach_the_tests_as_genuine_copies() -> None:
+    """Counter, OrderedDict, defaultdict, deque and namedtuple results were judged wrong (not built-in
+    data); now each is rebuilt from collections' own classes, so a lying subclass still fails."""
+    cases = [
+        ("from collections import Counter\ndef f(s):\n    return Counter(s)\n",
+         "def check(c):\n    r = c('abca')\n    assert r == {'a': 2, 'b': 1, 'c': 1} and r['z'] == 0\n"
+         "    assert r.most_common(1) == [('a', 2)]\n"),
+        ("from collections import OrderedDict\ndef f(s):\n    d = OrderedDict((k, 1) for k in s)\n"
+         "    d.move_to_end(s[0])\n    return d\n",
+         "def check(c):\n    assert list(c('abc')) == ['b', 'c', 'a']\n"),
+        ("from collections import defaultdict\ndef f(xs):\n    d = defaultdict(list)\n    for x in xs:\n"
+         "        d[x % 2].append(x)\n    return d\n",
+         "def check(c):\n    r = c([1, 2, 3])\n    assert r == {1: [1, 3], 0: [2]} and r[5] == []\n"),
+        ("from collections import deque\ndef f(xs):\n    return deque(xs, maxlen=2)\n",
+         "def check(c):\n    r = c([1, 2, 3])\n    assert list(r) == [2, 3] and r.maxlen == 2\n"),
+        ("from collections import namedtuple\nP = namedtuple('P', 'x y')\n"
+         "def f(a):\n    return [P(a, a + 1)]\n",
+         "def check(c):\n    r = c(1)\n    assert r == [(1, 2)] and r[0].y == 2\n"),
+        ("from typing import NamedTuple\nclass P(NamedTuple):\n    x: int\n    y: int = 0\ndef f(a):\n"
+         "    return P(a)\n", "def check(c):\n    assert c(3) == (3, 0) and c(3).x == 3\n"),
+    ]  # fmt: skip
+    for source, tests in cases:
+        result = run_tests(source, tests, "f")
+        assert result.status == "passed", (source, result.reason)
+    equal = "def check(c):\n    assert c(3) == (3,)\n"
+    lying = [
+        ("from collections import namedtuple\nclass P(namedtuple('P', 'x')):\n    def __eq__(self, o):\n"
+         "        return True\ndef f(a):\n    return P(0)\n", equal, "returned a P object"),
+        ("from collections import namedtuple\nP = namedtuple('P', 'x')\nP.__eq__ = lambda self, o: True\n"
+         "def f(a):\n    return P(0)\n", equal, "AssertionError"),
+        ("from collections import defaultdict\ndef f(a):\n    return defaultdict(lambda: (a,))\n",
+         "def check(c):\n    assert c(3)['x'] == (3,)\n", "KeyError"),
+    ]  # fmt: skip
+    for source, tests, reason in lying:
+        result = run_tests(source, tests, "f")
+        assert result.status != "passed" and reason in result.reason, (source, result.reason)
+
+
+def test_tests_may_drive_a_solution_class_and_asyncio_runs() -> None:
+    """A class the tests call hands over its own instances (LeetCode's `Solution().method`);
+    asyncio.run sets a SIGINT handler, which the seccomp filter would refuse: SIGINT starts ignored."""
+    source = _src("""
+        import asyncio
+        class Solution:
+            def add(self, a, b):
+                return asyncio.run(self._add(a, b))
+            async def _add(self, a, b):
+                return a + b
+    """)
+    tests = "def check(candidate):\n    assert Solution().add(2, 2) == 4\n"
+    assert run_tests(source, tests, None).status == "passed"
 
 
 def test_a_failed_test_still_shows_its_traceback() -> None:

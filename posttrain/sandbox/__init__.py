@@ -47,15 +47,22 @@ status from that record only, never from an exit code or from what the program p
   writing a fake record anywhere, or reporting unknown tokens all end as failures. Each assert
   also reports a random token, counted in `passed_tests` (asserts that ran and held);
 - the supervisor's variables (the end token among them) are out of the solution's reach: from the
-  moment the solution starts, an audit hook makes `sys._getframe`, `sys._current_frames`,
-  tracebacks', generators' and coroutines' frames, the collector's object lists (`gc.get_objects`,
-  `get_referrers`, `get_referents`) and importing ctypes fail (ValueError, AttributeError,
-  RuntimeError, ImportError: namedtuple, typing and enum fall back as on an interpreter without
-  frames), and the test runs' seccomp filter refuses to install signal handlers (a handler is
-  handed the running frame); failures still print their traceback (file, line, function);
+  moment the solution starts, `sys._getframe` and `sys._current_frames` are gone and an audit hook
+  refuses tracebacks', generators' and coroutines' frames, the collector's object lists
+  (`gc.get_objects`, `get_referrers`, `get_referents`) and loading ctypes under any name
+  (AttributeError, RuntimeError, ImportError: namedtuple, typing and enum fall back as on an
+  interpreter without frames); the test runs' seccomp filter refuses to install signal handlers (a
+  handler is handed the running frame: SIGINT starts ignored, so asyncio.run still works); the
+  guard has no class to be found through `object.__subclasses__()`, and its own names are watched;
+  failures still print their traceback (file, line, function);
 - the test code runs its statements in order: `sys.settrace`, `sys.setprofile` and
   `sys.monitoring` are taken away before the solution runs (a trace callback can move another
   frame's `f_lineno`, i.e. jump over asserts or over the checks below);
+- the tests see the solution's callables guarded (functions, and cached functions, partials,
+  bound methods, callable objects, classes: a class called by the tests may hand over its own
+  instances, the entry point nothing but data), fresh copies of the modules it imported, copies of
+  its data and nothing else of it; the genuine builtins, even where the solution defined the
+  same names (its `abs` or `sorted` would otherwise run inside the tests' own checks);
 - the tests run with a copy of the builtins taken before the solution ran, modules the solution
   imported (its `import math` included) are re-imported fresh for the tests through an import
   system reset to its state before the solution ran, and changes to builtins, to pre-loaded
@@ -63,7 +70,9 @@ status from that record only, never from an exit code or from what the program p
   import system, trace hooks, signal handlers and stray threads end the run at once (checked
   after every call into the solution, even one that raised; a test's `except` cannot swallow it);
 - what a solution function hands the tests is built-in data, COPIED (int, float, str, bytes,
-  range, list, tuple, dict, set, dict views...; exact types, checked by identity), so an object
+  range, list, tuple, dict, set, dict views...; exact types, checked by identity; collections'
+  Counter, OrderedDict, defaultdict (its factory kept when a built-in type), deque, and namedtuples
+  rebuilt as a namedtuple of the same name and fields, never the solution's class), so an object
   whose `__eq__` is always True never reaches `assert candidate(x) == y`, and the solution keeps
   no handle to rewrite a result after the check; arguments it fills with other objects fail the
   run. A generator or built-in iterator (map, filter, zip...) reaches the tests as a generator
@@ -77,18 +86,18 @@ status from that record only, never from an exit code or from what the program p
 What is NOT protected (read before trusting a reward):
 - "passed" trusts the test code's own control flow: a test that skips its asserts when the
   solution returns nothing (`for got, want in zip(candidate(x), expected)`) passes an empty
-  answer. Solution classes the tests call directly are not guarded (only functions are).
-- `run_tests` is the HumanEval design: solution and tests share one process. The test code is
-  in no file, argument or environment variable, and it is compiled only after the solution's
-  top level ran, but its source is in that process's memory; the routes to it that Python offers
-  (frames, the collector, ctypes, signal handlers) are fenced, not the interpreter's own memory-
-  safety bugs (hand-made code objects through `code.replace` or `marshal`, CPython's known
-  crashers), which a program written against this harness could still use to forge a pass.
-  Without the seccomp layer (an architecture with no table, or no bwrap) signal handlers are not
-  refused; without bwrap the supervisor loads ctypes (to turn off core dumps) and /proc is
-  visible: no verdict there is safe from a program written to forge one. Exit codes, printed or
-  guessed verdicts, objects with a lying `__eq__` and patched runtimes cannot forge one anywhere.
-  Only stdin/stdout cases keep expected answers truly hidden.
+  answer. The methods of a solution class's instances that the tests drive are not guarded.
+- `run_tests` is the HumanEval design: solution and tests share one process, and the fence above
+  closes the routes to the supervisor's memory found so far, not every one: `gc.garbage` with
+  `gc.DEBUG_SAVEALL` hands out frames of collected cycles (a fresh `gc` module through `_imp`
+  escapes any patch of its functions), hand-made code objects (`code.replace`, `marshal`) can
+  corrupt memory, and a solution that forks can run the tests on its guesses (the copy's events
+  tell it which guess holds). A program written against this harness can forge a pass that way;
+  one found by reinforcement learning rarely would. Exit codes, printed or guessed verdicts,
+  objects with a lying `__eq__` and patched runtimes cannot. Only stdin/stdout cases keep expected
+  answers truly hidden; running the tests in a second process that never runs solution code is
+  the structural fix. Without the seccomp layer signal handlers are not refused; without bwrap the
+  supervisor loads ctypes (to turn off core dumps) and /proc is visible.
 - The sandbox shares the host kernel: a kernel exploit escapes it (seccomp only narrows the
   surface). Everything under /usr is readable inside. Spawning a shell is possible but the shell
   is in the same sandbox (same limits, no network, nothing writable outside /tmp).

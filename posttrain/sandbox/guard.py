@@ -20,6 +20,11 @@ import sys
 import types  # before the fence: it reads tb_frame when imported
 from _operator import is_ as _is
 from abc import ABCMeta
+from collections import Counter as _Counter
+from collections import OrderedDict as _OrderedDict
+from collections import defaultdict as _defaultdict
+from collections import deque as _deque
+from collections import namedtuple as _namedtuple
 from itertools import chain as _chain
 from itertools import compress as _compress
 from itertools import repeat as _repeat
@@ -45,8 +50,12 @@ except ValueError as _raised:
 # Immutable, and this module's names are watched like a loaded module's: the solution can reach
 # them (a function of this module handed to it by a test) but changes none unnoticed.
 _ATOMS = frozenset(id(t) for t in (int, float, complex, str, bytes, bool, type(None), range))
-_DICT_VIEWS = types.MappingProxyType({id(type(getattr({}, v)())): v for v in ("keys", "values", "items")})
-_MUTABLE = frozenset((id(list), id(dict), id(set), id(bytearray), *_DICT_VIEWS))
+_DICT_VIEWS = types.MappingProxyType({id(type(getattr(empty, v)())): v for v in ("keys", "values", "items")
+                                     for empty in ({}, _OrderedDict())})  # fmt: skip
+_DICT_KINDS = frozenset((id(dict), id(_Counter), id(_defaultdict), id(_OrderedDict)))
+_MUTABLE = frozenset((id(list), id(set), id(bytearray), id(_deque), *_DICT_KINDS, *_DICT_VIEWS))
+# defaultdict factories a copy keeps (any other would be the solution's code called by the tests).
+_FACTORIES = frozenset(map(id, (int, float, complex, str, bytes, bool, list, dict, set, tuple, frozenset)))
 _CONTAINERS = _MUTABLE | {id(tuple), id(frozenset)}
 _ATOMS_OR_TUPLE = _ATOMS | {id(tuple)}
 _CALLABLES = frozenset((id(type(len)), id(type(lambda: None))))
@@ -103,7 +112,8 @@ def fence_introspection() -> Callable[[BaseException], str]:
 
     The solution and the tests share the process with the supervisor's variables; the audit hook
     installed here (hooks can never be removed) makes the routes to them fail as they would on a
-    system without them: `sys._getframe` raises ValueError (so namedtuple, typing and enum fall back),
+    system without them: `sys._getframe` is gone (so namedtuple, typing and enum fall back), a copy
+    held elsewhere raises ValueError,
     `tb_frame` / `gi_frame` / `cr_frame` / `ag_frame` AttributeError, the collector's lists
     RuntimeError, importing ctypes ImportError. Signal handlers, the other source of frames, are
     refused by the test runs' seccomp filter. Returns the one reader of a traceback left: held by
@@ -138,16 +148,26 @@ def fence_introspection() -> Callable[[BaseException], str]:
         return "\n".join(lines) + "\n"
 
     _addaudithook(hook)
+    for name in ("_getframe", "_current_frames", "_current_exceptions"):  # as on an interpreter without
+        sys.__dict__.pop(name, None)  # frames (inspect.currentframe() is None); the hook keeps the copies
     return traceback_text
+
+
+def _fenced_file(path: object, separator: str) -> bool:
+    """Whether a module name or file path names one of the fenced modules (or the ctypes package)."""
+    if type(path) is not str:
+        return True
+    parts = str.split(path, separator)
+    return "ctypes" in parts[:-1] or str.partition(parts[-1], ".")[0] in _FENCED_MODULES
 
 
 def _refuse(event: str, args: tuple) -> None:
     if event == "object.__getattr__":
         if args[1] in _FRAME_ATTRIBUTES:
             raise AttributeError(f"{args[1]} is not available in the sandbox")
-    elif event == "import":
-        name = args[0]
-        if type(name) is not str or name in _FENCED_MODULES or str.startswith(name, "ctypes."):
+    elif event == "import":  # by any name: a loader can load ctypes' files as "x._ctypes"
+        name, filename = args[0], args[1]
+        if _fenced_file(name, ".") or (filename is not None and _fenced_file(filename, "/")):
             raise ImportError(f"module {name!r} is not available in the sandbox")
     elif event.startswith("sys."):
         raise ValueError(f"{event} is not available in the sandbox")
@@ -186,11 +206,13 @@ def _type_name(kind: type) -> str:
 def _parts(item: object, kind: int) -> object:
     """The objects a container holds, iterable twice in the same order (a dict's keys and values
     alternate); lists, tuples and sets are their own parts (nothing runs between the two passes)."""
-    if kind == id(dict):
+    if kind == id(_OrderedDict):  # its own order, which move_to_end may have made differ from dict's
+        return list(_chain.from_iterable(_OrderedDict.items(item)))
+    if kind in _DICT_KINDS:
         return list(_chain.from_iterable(dict.items(item)))
     if _DICT_VIEWS.get(kind) == "items":
         return list(_chain.from_iterable(item))
-    if kind in _DICT_VIEWS:
+    if kind in _DICT_VIEWS or kind == id(_deque):
         return list(item)
     return () if kind == id(bytearray) else item
 
@@ -215,11 +237,13 @@ def _walk(value: object) -> list | type:
     """(container, kind, parts, flat: no part needs a copy) for every container in `value`, each
     after the immutable ones it holds; or the first type that is not built-in data.
 
-    Only built-in code runs here (exact built-in types, identity tests): nothing of the solution's.
+    Only built-in code runs here (exact built-in types, identity tests), and collections' own
+    (namedtuple, for a twin class): nothing of the solution's. A namedtuple's entry holds its twin
+    in place of the kind.
     Mutable containers are listed on first sight and their contents walked later, so every cycle
     (which must pass through one) is broken by them.
     """
-    order, seen, pending = [], set(), [value]
+    order, seen, pending, twins = [], set(), [value], {}
     while pending:
         stack: list = [(pending.pop(), None)]
         while stack:
@@ -230,7 +254,13 @@ def _walk(value: object) -> list | type:
             elif kind in _ATOMS or id(item) in seen:
                 continue
             elif kind not in _CONTAINERS:
-                return type(item)
+                twin = _namedtuple_twin(type(item), twins)
+                parts = list(tuple.__iter__(item)) if twin is not None else ()
+                if twin is None or len(parts) != len(twin._fields):
+                    return type(item)
+                seen.add(id(item))
+                stack.append((None, (item, twin, parts, False)))
+                stack.extend((part, None) for part in _nested(parts))
             else:
                 seen.add(id(item))
                 parts = _parts(item, kind)
@@ -254,11 +284,13 @@ def _plain_copy(value: object, name: str) -> object:
     # Originals stay alive throughout, so an atom's id is never a container's: get(id, atom) is the atom.
     copies, fills = {}, []
     for item, kind, parts, flat in order:
-        if kind == id(bytearray):
+        if type(kind) is not int:  # a namedtuple, rebuilt as its twin: the solution's class stays behind
+            copies[id(item)] = kind._make(map(copies.get, map(id, parts), parts))
+        elif kind == id(bytearray):
             copies[id(item)] = bytearray(item)
         elif kind in _MUTABLE:
-            shell = {} if kind in _DICT_VIEWS else type(item)()
             view = _DICT_VIEWS.get(kind)
+            shell = {} if view else _empty_like(item, kind)
             copies[id(item)] = getattr(shell, view)() if view else shell
             fills.append((kind, shell, parts, flat))
         elif flat:  # a tuple or frozenset of atoms: nothing in it can change
@@ -267,7 +299,7 @@ def _plain_copy(value: object, name: str) -> object:
             copies[id(item)] = type(item)(map(copies.get, map(id, parts), parts))
     for kind, shell, raw, flat in fills:
         parts = raw if flat else list(map(copies.get, map(id, raw), raw))
-        if kind == id(list):
+        if kind == id(list) or kind == id(_deque):
             shell.extend(parts)
         elif kind == id(set):
             shell.update(parts)
@@ -275,9 +307,45 @@ def _plain_copy(value: object, name: str) -> object:
             shell.update(dict.fromkeys(parts))
         elif _DICT_VIEWS.get(kind) == "values":
             shell.update(enumerate(parts))
-        else:
-            shell.update(zip(parts[::2], parts[1::2]))
+        elif kind == id(_OrderedDict):  # its own order-keeping setitem
+            _OrderedDict.update(shell, zip(parts[::2], parts[1::2]))
+        else:  # dict's own: Counter.update would add the counts to the empty Counter's zeros
+            dict.update(shell, zip(parts[::2], parts[1::2]))
     return copies.get(id(value), value)
+
+
+def _empty_like(item: object, kind: int) -> object:
+    """An empty container of `item`'s exact type: a deque with its maxlen, a defaultdict with its
+    factory when that is a built-in type (the tests never call the solution's own)."""
+    if kind == id(_deque):
+        return _deque(maxlen=_deque.maxlen.__get__(item))
+    if kind == id(_defaultdict):
+        factory = _defaultdict.default_factory.__get__(item)
+        return _defaultdict(factory if id(factory) in _FACTORIES else None)
+    return type(item)()
+
+
+def _namedtuple_twin(kind: type, twins: dict) -> type | None:
+    """A namedtuple class of our own with `kind`'s name and fields, when `kind` looks like what
+    collections.namedtuple makes (a direct tuple subclass with `_fields`), read through `type`'s
+    own descriptors and exact-str keys so that none of `kind`'s code runs; None otherwise."""
+    if id(kind) in twins:
+        return twins[id(kind)]
+    twins[id(kind)] = None
+    if type(kind) is not type:  # a metaclass could run code on any attribute read
+        return None
+    bases = type.__dict__["__bases__"].__get__(kind)
+    attributes = type.__dict__["__dict__"].__get__(kind)
+    if len(bases) != 1 or bases[0] is not tuple or not all(type(key) is str for key in attributes):
+        return None
+    fields = attributes.get("_fields")
+    if type(fields) is not tuple or not all(type(field) is str for field in fields):
+        return None
+    try:
+        twins[id(kind)] = _namedtuple(_type_name(kind), fields, module="__solution__")
+    except (ValueError, TypeError):  # names namedtuple itself would refuse
+        pass
+    return twins[id(kind)]
 
 
 def _internals(namespace: dict, module_name: object) -> list:
@@ -399,7 +467,9 @@ def _guarded_items(iterator: object, name: str, watch: Watch) -> object:
             check()
 
 
-def _guard(function: Callable, name: str, watch: Watch) -> Callable:
+def _guard(function: Callable, name: str, watch: Watch, instances_of: type | None = None) -> Callable:
+    """`function` called under the watch, its result exported; with `instances_of`, a result of
+    exactly that class is handed over as it is (its methods are the tests' to call, unguarded)."""
     note_new_modules, check, _ = watch
 
     def guarded(*args: object, **kwargs: object) -> object:
@@ -411,9 +481,33 @@ def _guard(function: Callable, name: str, watch: Watch) -> Callable:
             check()
             if arguments_plain and type(_walk((args, kwargs))) is not list:
                 _violation(f"{name} put a non-data object into its arguments")
+        if instances_of is not None and type(result) is instances_of:
+            return result
         return _export(result, name, watch)
 
     return guarded
+
+
+def _tests_namespace(namespace: dict, pristine: dict, watch: Watch, entry: str | None) -> dict:
+    """What the test code sees of the solution's names: every callable guarded (the entry point
+    whatever it is; another class's calls may return its own instances, so tests can drive a
+    `Solution` class), the genuine modules for its imports, copies of its data, and the genuine
+    builtins even where it defined the same names (its `abs` or `sorted` would run inside the
+    tests' own checks). Anything else stays behind (an object's methods would answer for the tests).
+    """
+    test_ns = {"__builtins__": pristine}
+    for name, value in namespace.items():
+        if name == "__builtins__" or (name in pristine and name != entry):
+            continue
+        if issubclass(type(value), type(sys)):  # `import math` in the prompt: a fresh one
+            test_ns[name] = _fresh_import(value)
+        elif name == entry or (callable(value) and not isinstance(value, type)):
+            test_ns[name] = _guard(value, name, watch)
+        elif isinstance(value, type):
+            test_ns[name] = _guard(value, name, watch, instances_of=value)
+        elif type(_walk(value)) is list:
+            test_ns[name] = _plain_copy(value, name)
+    return test_ns
 
 
 def _fresh_main(name: str) -> dict:
@@ -463,13 +557,7 @@ def child_tests(code: CodeType, spec: dict) -> None:
     reset_imports()
     check()
     tests = compile(spec["tests"], "<tests>", "exec", dont_inherit=True, optimize=0)
-    test_ns = dict(namespace)
-    for name, value in namespace.items():
-        if type(value) is _FUNCTION and value.__globals__ is namespace:
-            test_ns[name] = _guard(value, name, watch)
-        elif issubclass(type(value), type(sys)):  # `import math` in the prompt: a fresh one
-            test_ns[name] = _fresh_import(value)
-    test_ns["__builtins__"] = pristine
+    test_ns = _tests_namespace(namespace, pristine, watch, spec["entry_point"])
     test_ns[spec["ok_name"]] = ok
     exec(tests, test_ns)
     entry = spec["entry_point"]

@@ -16,7 +16,9 @@ a clean failure):
 With `deny_signal_handlers` (test runs), `rt_sigaction` that installs anything is refused too
 (EPERM; reading a disposition is allowed): a Python signal handler is called with the running frame,
 and from a frame the supervisor's own variables, the end token among them, are reachable. Python
-starts fine under it (it ignores a failure to set its own handlers), with every signal at SIG_DFL.
+starts fine under it (it ignores a failure to set its own handlers). (Returning success without
+doing it would leave the caller's copy of the old action uninitialised: glibc copies it from its
+own stack, and Python fails at random when that garbage reads as SIG_ERR.)
 Any syscall from a foreign ABI (i386 `int 0x80`, x32) is denied with ENOSYS, because its numbers
 differ from the table checked here.
 
