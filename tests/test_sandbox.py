@@ -571,7 +571,7 @@ FORGERIES = {
             caller.f_trace = jump
             sys.settrace(lambda *a: None)
             return Same()
-    """), ADD_TESTS, "add", "has no attribute '_getframe'"),
+    """), ADD_TESTS, "add", "has no attribute 'f_code'"),
     "an argument filled with objects": (SAME + _src("""
         def sort_in_place(xs):
             xs[:] = [Same(), Same(), Same()]
@@ -657,6 +657,66 @@ FORGERIES = {
         "class FakeMath:\n    def isclose(self, *a, **k):\n        return True\nmath = FakeMath()\n"
         "def area(r):\n    return 0.0\n",
         "def check(f):\n    assert math.isclose(f(1.0), 3.14159)\n", "area", "NameError"),
+    "a subinterpreter, where our audit hook is not": (
+        "import _xxsubinterpreters as si\nsi.run_string(si.create(), 'import ctypes')\n"
+        "def add(a, b):\n    return 0\n", ADD_TESTS, "add", "'_xxsubinterpreters' is not available"),
+    "an exception lying about its message": (_src("""
+        class Lying(str):
+            def __eq__(self, other):
+                return True
+            __hash__ = str.__hash__
+        class Wrong(ValueError):
+            def __str__(self):
+                return Lying("no")
+        def root(x):
+            raise Wrong()
+    """), _src("""
+        def check(candidate):
+            try:
+                candidate(-1)
+            except ValueError as error:
+                assert str(error) == "negative input"
+    """), "root", "AssertionError"),
+    "the tests' builtins, through their callback": (
+        "def apply(xs, f):\n    f.__builtins__['sorted'] = lambda *a, **k: [2, 4, 6]\n    return []\n",
+        "def check(candidate):\n    assert sorted(candidate([3, 1, 2], lambda x: x * 2)) == [2, 4, 6]\n",
+        "apply", "modified the tests' names or builtins"),
+    "the tests' builtins, through their class": (_src("""
+        def add(a, b):
+            for kind in object.__subclasses__():
+                if kind.__name__ == "TreeNode":
+                    kind.__init__.__builtins__["abs"] = lambda x: 0
+            return 0
+    """), "class TreeNode:\n    def __init__(self):\n        pass\n"
+        "def check(candidate):\n    assert abs(candidate(2, 2) - 4) < 1e-9\n",
+        "add", "modified the tests' names or builtins"),
+    "a module planted in sys.modules during a call": (_src("""
+        import sys
+        class Same:
+            def __eq__(self, other):
+                return True
+        def add(a, b):
+            fake = type(sys)("fractions")
+            fake.Fraction = lambda *a, **k: Same()
+            sys.modules.setdefault("fractions", fake)
+            return 0
+    """), _src("""
+        def check(candidate):
+            assert candidate(0, 0) == 0
+            from fractions import Fraction
+            assert candidate(1, 2) == Fraction(3)
+    """), "add", "AssertionError"),
+    "an argument list poisoned later, by a __del__": (SAME + _src("""
+        class Later:
+            def __init__(self, target):
+                self.target = target
+            def __del__(self):
+                self.target[:] = [Same()] * len(self.target)
+        def sort_it(nums):
+            later = Later(nums)
+            return lambda: later
+    """), "def check(candidate):\n    nums = [3, 1, 2]\n    candidate(nums)\n    assert nums == [1, 2, 3]\n",
+        "sort_it", "AssertionError"),
     "a violation swallowed by the test": (SAME + "def add(a, b):\n    return Same()\n", _src("""
         def check(candidate):
             try:
@@ -693,7 +753,7 @@ FORGE_FROM_FRAMES = _src("""
     def add(a, b):
 """)
 FRAME_ROUTES = {
-    "sys._getframe": ("forge(sys._getframe())", "AttributeError: module 'sys' has no attribute '_getframe'"),
+    "sys._getframe": ("forge(sys._getframe())", "AssertionError"),  # None, as without frames
     "a traceback": ("try:\n    1 / 0\nexcept ZeroDivisionError as e:\n    forge(e.__traceback__.tb_frame)",
                     "AttributeError: tb_frame is not available"),
     "a running generator": ("def gen():\n    forge(g.gi_frame)\n    yield 1\ng = gen()\nnext(g)",
@@ -703,7 +763,7 @@ FRAME_ROUTES = {
     "the collector": ("import gc\nfor o in gc.get_objects():\n    if type(o) is dict and 'end_token' in o:\n"
                       "        forge_from(o)", "RuntimeError: gc.get_objects is not available"),
     "the threads' frames": ("forge(sys._current_frames()[__import__('threading').get_ident()])",
-                            "AttributeError: module 'sys' has no attribute '_current_frames'"),
+                            "KeyError"),
     "ctypes": ("import ctypes\nforge(ctypes.c_char_p)", "ImportError: module 'ctypes' is not available"),
     "ctypes under another name": (
         "import glob, importlib.util\nspec = importlib.util.spec_from_file_location("
@@ -717,7 +777,7 @@ def test_the_supervisors_variables_are_out_of_reach(route: str) -> None:
     body, reason = FRAME_ROUTES[route]
     result = run_tests(FORGE_FROM_FRAMES + textwrap.indent(body, "        ") + "\n        return 0\n",
                        ADD_TESTS, "add")
-    assert result.status == "runtime_error" and result.passed_tests == 0, (result.status, result.reason)
+    assert result.status != "passed" and result.passed_tests == 0, (result.status, result.reason)
     assert result.reason.startswith(reason), result.reason
 
 
@@ -794,6 +854,40 @@ def test_tests_may_drive_a_solution_class_and_asyncio_runs() -> None:
     """)
     tests = "def check(candidate):\n    assert Solution().add(2, 2) == 4\n"
     assert run_tests(source, tests, None).status == "passed"
+
+
+def test_ordinary_solutions_the_fence_must_not_break() -> None:
+    """Each was judged wrong by some version of the guard: strptime (time.tzset rebinds time.tzname),
+    logging (its caller's frame), doctest.testmod (it restores the trace hook), a dataclass under
+    `from __future__ import annotations` and `sys.modules[__name__]` (the solution's module by name),
+    in-place changes to nested arguments (written back from the solution's copies), a message test."""
+    cases = [
+        ("from datetime import datetime\ndef add(a, b):\n"
+         "    return datetime.strptime('2000-01-%02d' % (a + b + 1), '%Y-%m-%d').day - 1\n",
+         ADD_TESTS, "add"),
+        ("import logging\nlogging.basicConfig(level=logging.INFO)\ndef add(a, b):\n"
+         "    logging.getLogger(__name__).warning('adding')\n    return a + b\n", ADD_TESTS, "add"),
+        ('def add(a, b):\n    """\n    >>> add(1, 1)\n    2\n    """\n    return a + b\n'
+         "import doctest\ndoctest.testmod()\n", ADD_TESTS, "add"),
+        ("from __future__ import annotations\nimport dataclasses, sys\nMODULE = sys.modules[__name__]\n"
+         "@dataclasses.dataclass\nclass Pair:\n    a: int\n    b: int\n"
+         "def add(a, b):\n    return Pair(a, b).a + Pair(a, b).b\n", ADD_TESTS, "add"),
+        ("def grow(grid, extra):\n    grid[0].append(extra)\n    grid.append([extra])\n    grid.sort()\n",
+         _src("""
+            def check(candidate):
+                row = [1]
+                grid = [row]
+                candidate(grid, 0)
+                assert grid == [[0], [1, 0]] and grid[1] is row
+         """), "grow"),
+        ("def root(x):\n    if x < 0:\n        raise ValueError('negative input')\n    return x ** 0.5\n",
+         "def check(candidate):\n    try:\n        candidate(-1)\n    except ValueError as error:\n"
+         "        assert str(error) == 'negative input' and error.args == ('negative input',)\n"
+         "    assert candidate.__name__ == 'root'\n", "root"),
+    ]  # fmt: skip
+    for source, tests, entry in cases:
+        result = run_tests(source, tests, entry)
+        assert result.status == "passed", (source, result.reason, result.stderr[-500:])
 
 
 def test_a_failed_test_still_shows_its_traceback() -> None:

@@ -47,14 +47,15 @@ status from that record only, never from an exit code or from what the program p
   writing a fake record anywhere, or reporting unknown tokens all end as failures. Each assert
   also reports a random token, counted in `passed_tests` (asserts that ran and held);
 - the supervisor's variables (the end token among them) are out of the solution's reach: from the
-  moment the solution starts, `sys._getframe` and `sys._current_frames` are gone and an audit hook
-  refuses tracebacks', generators' and coroutines' frames, the collector's object lists
-  (`gc.get_objects`, `get_referrers`, `get_referents`) and loading ctypes under any name
-  (AttributeError, RuntimeError, ImportError: namedtuple, typing and enum fall back as on an
-  interpreter without frames); the test runs' seccomp filter refuses to install signal handlers (a
-  handler is handed the running frame: SIGINT starts ignored, so asyncio.run still works); the
-  guard has no class to be found through `object.__subclasses__()`, and its own names are watched;
-  failures still print their traceback (file, line, function);
+  moment the solution starts (fence.py), `sys._getframe()` returns None as on an interpreter
+  without frames (namedtuple, typing, enum, logging and inspect cope) and an audit hook refuses the
+  genuine one, tracebacks', generators' and coroutines' frames, the collector's object lists
+  (`gc.get_objects`, `get_referrers`, `get_referents`), subinterpreters (which have no hook of
+  ours) and loading ctypes under any name or file (AttributeError, ValueError, RuntimeError,
+  ImportError); the test runs' seccomp filter refuses to install signal handlers (a handler is
+  handed the running frame: SIGINT starts ignored, so asyncio.run still works); the guard has no
+  class to be found through `object.__subclasses__()`, and its own names are watched; failures
+  still print their traceback (file, line, function);
 - the test code runs its statements in order: `sys.settrace`, `sys.setprofile` and
   `sys.monitoring` are taken away before the solution runs (a trace callback can move another
   frame's `f_lineno`, i.e. jump over asserts or over the checks below);
@@ -62,7 +63,15 @@ status from that record only, never from an exit code or from what the program p
   bound methods, callable objects, classes: a class called by the tests may hand over its own
   instances, the entry point nothing but data), fresh copies of the modules it imported, copies of
   its data and nothing else of it; the genuine builtins, even where the solution defined the
-  same names (its `abs` or `sorted` would otherwise run inside the tests' own checks);
+  same names (its `abs` or `sorted` would otherwise run inside the tests' own checks). During each
+  call into the solution the tests' own names and builtins must not change (a callback or a class
+  of theirs leads the solution to them), and modules it imports leave sys.modules when the call
+  returns (the tests never import a module it planted);
+- arguments that are data are COPIED in and the solution's changes written back when the call
+  returns (in-place sorting works; the solution never holds the tests' own lists, which a late
+  `__del__` could fill with lying objects); an exception the solution raises reaches the tests as
+  a new one of the nearest built-in class with copied arguments (its own `__str__` or `args`
+  would answer a test's check);
 - the tests run with a copy of the builtins taken before the solution ran, modules the solution
   imported (its `import math` included) are re-imported fresh for the tests through an import
   system reset to its state before the solution ran, and changes to builtins, to pre-loaded
@@ -87,6 +96,12 @@ What is NOT protected (read before trusting a reward):
 - "passed" trusts the test code's own control flow: a test that skips its asserts when the
   solution returns nothing (`for got, want in zip(candidate(x), expected)`) passes an empty
   answer. The methods of a solution class's instances that the tests drive are not guarded.
+- Correct solutions judged wrong: results that are not built-in data (a LeetCode ListNode or
+  TreeNode, Fraction, Decimal, dates, Enum members, dataclass instances), tests that use a
+  solution class as a class (`isinstance`, `except ItsError`, an enum member, a staticmethod: the
+  tests see a guarded function), tests catching the solution's own exception class, a signal
+  handler set in test runs (even SIG_DFL: PermissionError), and tests calling the solution
+  thousands of times (each call is checked, ~2 ms: 10,000 calls meet the 5 s CPU limit).
 - `run_tests` is the HumanEval design: solution and tests share one process, and the fence above
   closes the routes to the supervisor's memory found so far, not every one: `gc.garbage` with
   `gc.DEBUG_SAVEALL` hands out frames of collected cycles (a fresh `gc` module through `_imp`

@@ -13,11 +13,10 @@ from __future__ import annotations
 import _signal
 import _thread
 import builtins
-import gc
 import importlib  # noqa: F401  (renames _frozen_importlib's __name__ when imported: before the watch)
 import os
 import sys
-import types  # before the fence: it reads tb_frame when imported
+import types
 from _operator import is_ as _is
 from abc import ABCMeta
 from collections import Counter as _Counter
@@ -34,18 +33,13 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from types import CodeType
 
-    Watch = tuple[Callable[[], None], Callable[[], None], Callable[[], None]]
+    Watch = tuple[Callable[[], None], Callable[[], None], Callable[[], None], Callable[..., None]]
 
 EVENTS_FD = 3
 """The child's end of the events pipe (`ok TOKEN`, `end TOKEN`, `error TYPE MESSAGE` lines)."""
 # Bound before any untrusted code runs: the solution may replace the os / sys attributes.
 _exit, _write, _gettrace, _getprofile = os._exit, os.write, sys.gettrace, sys.getprofile
 _thread_count = _thread._count
-_addaudithook, _gc_disable, _gc_enable, _gc_isenabled = sys.addaudithook, gc.disable, gc.enable, gc.isenabled
-try:
-    raise ValueError
-except ValueError as _raised:
-    _TRACEBACK = type(_raised.__traceback__)
 # Exact types, compared by identity (a metaclass can make `type(x) in {int}` true for any class).
 # Immutable, and this module's names are watched like a loaded module's: the solution can reach
 # them (a function of this module handed to it by a test) but changes none unnoticed.
@@ -61,22 +55,17 @@ _ATOMS_OR_TUPLE = _ATOMS | {id(tuple)}
 _CALLABLES = frozenset((id(type(len)), id(type(lambda: None))))
 _GENERATOR = type(x for x in ())
 _FUNCTION = type(lambda: None)
-_CLASS_KINDS = frozenset((id(type), id(ABCMeta)))  # metaclasses whose attribute reads run no one else's code
+_CLASS_KINDS = (type, ABCMeta)  # metaclasses whose attribute reads run no one else's code
 _IMMUTABLE_TYPE, _HEAP_TYPE = 1 << 8, 1 << 9
+# Module attributes the standard library itself rebinds (time.strptime calls time.tzset()).
+_VOLATILE = frozenset((("time", "tzname"), ("time", "timezone"), ("time", "altzone"), ("time", "daylight")))
+_BUILTIN_EXCEPTIONS = frozenset(id(value) for value in builtins.__dict__.values()
+                                if isinstance(value, type) and issubclass(value, BaseException))
+_OWN_MODULES = ("__main__", "__solution__", "sys")  # not watched: the solution's own, and sys
 # Hooks that would run the solution's code in the middle of the test code (and a trace or
 # monitoring callback can even move a frame's f_lineno, i.e. jump over asserts): gone for the tests.
 _HOOK_SETTERS = ("settrace", "setprofile", "monitoring", "_settraceallthreads", "_setprofileallthreads",
                  "addaudithook")  # fmt: skip
-
-
-# What hands out a frame (from any frame the supervisor's own variables, the end token among them,
-# are an f_back walk away), every live object, or raw memory (ctypes, CPython's test modules).
-_FENCED_EVENTS = frozenset((
-    "object.__getattr__", "sys._getframe", "sys._current_frames", "sys._current_exceptions",
-    "gc.get_objects", "gc.get_referrers", "gc.get_referents", "import",
-))  # fmt: skip
-_FRAME_ATTRIBUTES = frozenset(("tb_frame", "gi_frame", "cr_frame", "ag_frame"))
-_FENCED_MODULES = frozenset(("ctypes", "_ctypes", "_testcapi", "_testinternalcapi"))
 
 
 def emit(line: str) -> None:
@@ -88,7 +77,7 @@ def emit(line: str) -> None:
 
 def report_exception(exc: BaseException, traceback_text: Callable[[BaseException], str] | None = None
                      ) -> None:  # fmt: skip
-    """The `error` event, and the traceback on stderr (through `traceback_text` once fenced)."""
+    """The `error` event, and the traceback on stderr (through fence.py's `traceback_text` once fenced)."""
     try:  # str() runs the solution's __str__, which may itself raise
         message = " ".join(str(exc).split())[:300]
     except BaseException:
@@ -107,74 +96,6 @@ def report_exception(exc: BaseException, traceback_text: Callable[[BaseException
         pass
 
 
-def fence_introspection() -> Callable[[BaseException], str]:
-    """From now on, in this process, refuse frames, the collector's object lists and ctypes.
-
-    The solution and the tests share the process with the supervisor's variables; the audit hook
-    installed here (hooks can never be removed) makes the routes to them fail as they would on a
-    system without them: `sys._getframe` is gone (so namedtuple, typing and enum fall back), a copy
-    held elsewhere raises ValueError,
-    `tb_frame` / `gi_frame` / `cr_frame` / `ag_frame` AttributeError, the collector's lists
-    RuntimeError, importing ctypes ImportError. Signal handlers, the other source of frames, are
-    refused by the test runs' seccomp filter. Returns the one reader of a traceback left: held by
-    the supervisor's frame only, so by nothing the solution can reach.
-    """
-    unlocked = [False]
-
-    def hook(event: str, args: tuple) -> None:
-        if event in _FENCED_EVENTS and not unlocked[0]:
-            _refuse(event, args)
-
-    def traceback_text(exc: BaseException) -> str:
-        """File, line and function of each frame of `exc`'s traceback, frames allowed for this call
-        alone: nothing else runs meanwhile (no other thread, no collector, only C getters and
-        exact-type formatting)."""
-        if _thread_count() > 0:
-            return ""
-        lines, collecting = ["Traceback (most recent call last):"], _gc_isenabled()
-        _gc_disable()
-        unlocked[0] = True
-        try:
-            tb = BaseException.__dict__["__traceback__"].__get__(exc)
-            while type(tb) is _TRACEBACK and len(lines) < 100:
-                code = tb.tb_frame.f_code
-                where = f'  File "{str.__add__("", code.co_filename)}", line {int(tb.tb_lineno)}'
-                lines.append(f"{where}, in {str.__add__('', code.co_name)}")
-                tb = tb.tb_next
-        finally:
-            unlocked[0] = False
-            if collecting:
-                _gc_enable()
-        return "\n".join(lines) + "\n"
-
-    _addaudithook(hook)
-    for name in ("_getframe", "_current_frames", "_current_exceptions"):  # as on an interpreter without
-        sys.__dict__.pop(name, None)  # frames (inspect.currentframe() is None); the hook keeps the copies
-    return traceback_text
-
-
-def _fenced_file(path: object, separator: str) -> bool:
-    """Whether a module name or file path names one of the fenced modules (or the ctypes package)."""
-    if type(path) is not str:
-        return True
-    parts = str.split(path, separator)
-    return "ctypes" in parts[:-1] or str.partition(parts[-1], ".")[0] in _FENCED_MODULES
-
-
-def _refuse(event: str, args: tuple) -> None:
-    if event == "object.__getattr__":
-        if args[1] in _FRAME_ATTRIBUTES:
-            raise AttributeError(f"{args[1]} is not available in the sandbox")
-    elif event == "import":  # by any name: a loader can load ctypes' files as "x._ctypes"
-        name, filename = args[0], args[1]
-        if _fenced_file(name, ".") or (filename is not None and _fenced_file(filename, "/")):
-            raise ImportError(f"module {name!r} is not available in the sandbox")
-    elif event.startswith("sys."):
-        raise ValueError(f"{event} is not available in the sandbox")
-    else:
-        raise RuntimeError(f"{event} is not available in the sandbox")
-
-
 def _violation(message: str) -> None:
     """The solution tampered with the runtime or handed a test a non-data object: end the child.
 
@@ -189,6 +110,8 @@ def _violation(message: str) -> None:
 
 
 def _refuse_hook(*args: object, **kwargs: object) -> None:
+    if len(args) == 1 and args[0] is None and not kwargs:  # removing none: doctest.testmod() ends so
+        return
     _violation("the solution tried to install a trace, profile, monitoring or audit hook")
 
 
@@ -281,6 +204,11 @@ def _plain_copy(value: object, name: str) -> object:
     order = _walk(value)
     if type(order) is not list:
         _violation(f"{name} returned a {_type_name(order)} object; only built-in data types are accepted")
+    return _copies(order).get(id(value), value)
+
+
+def _copies(order: list) -> dict:
+    """id(container) -> its copy, for every container `_walk` listed (a flat immutable one is its own)."""
     # Originals stay alive throughout, so an atom's id is never a container's: get(id, atom) is the atom.
     copies, fills = {}, []
     for item, kind, parts, flat in order:
@@ -298,20 +226,60 @@ def _plain_copy(value: object, name: str) -> object:
         else:
             copies[id(item)] = type(item)(map(copies.get, map(id, parts), parts))
     for kind, shell, raw, flat in fills:
-        parts = raw if flat else list(map(copies.get, map(id, raw), raw))
-        if kind == id(list) or kind == id(_deque):
-            shell.extend(parts)
-        elif kind == id(set):
-            shell.update(parts)
-        elif _DICT_VIEWS.get(kind) == "keys":
-            shell.update(dict.fromkeys(parts))
-        elif _DICT_VIEWS.get(kind) == "values":
-            shell.update(enumerate(parts))
-        elif kind == id(_OrderedDict):  # its own order-keeping setitem
-            _OrderedDict.update(shell, zip(parts[::2], parts[1::2]))
-        else:  # dict's own: Counter.update would add the counts to the empty Counter's zeros
-            dict.update(shell, zip(parts[::2], parts[1::2]))
-    return copies.get(id(value), value)
+        _fill(kind, shell, raw if flat else list(map(copies.get, map(id, raw), raw)))
+    return copies
+
+
+def _fill(kind: int, shell: object, parts: list) -> None:
+    """Put `parts` (`_parts`' shape) into the empty container `shell` of kind `kind`."""
+    if kind == id(list) or kind == id(_deque):
+        shell.extend(parts)
+    elif kind == id(set):
+        shell.update(parts)
+    elif _DICT_VIEWS.get(kind) == "keys":
+        shell.update(dict.fromkeys(parts))
+    elif _DICT_VIEWS.get(kind) == "values":
+        shell.update(enumerate(parts))
+    elif kind == id(_OrderedDict):  # its own order-keeping setitem
+        _OrderedDict.update(shell, zip(parts[::2], parts[1::2]))
+    else:  # dict's own: Counter.update would add the counts to the empty Counter's zeros
+        dict.update(shell, zip(parts[::2], parts[1::2]))
+
+
+def _arguments_in(values: list) -> tuple[list, list]:
+    """Each argument that is data as a copy, so the solution never holds the tests' own objects (it
+    could change them at any later moment: a `__del__`), any other (a test's callback) as given; and
+    for each copy what `_arguments_out` needs."""
+    given, records = [], []
+    for value in values:
+        order = _walk(value)
+        if type(order) is list:
+            copies = _copies(order)
+            given.append(copies.get(id(value), value))
+            records.append((given[-1], order, copies))
+        else:
+            given.append(value)
+    return given, records
+
+
+def _arguments_out(records: list, name: str) -> None:
+    """After the call: each of the tests' containers given what the solution left in its copy (it
+    sorts a list in place); copies of the tests' containers map back to them, anything new is copied."""
+    for top, order, copies in records:
+        if type(_walk(top)) is not list:
+            _violation(f"{name} put a non-data object into its arguments")
+        back = {id(copies[id(item)]): item for item, *_ in order}
+        for item, kind, _, _ in order:
+            copy = copies[id(item)]
+            if copy is item or kind not in _MUTABLE or kind in _DICT_VIEWS:
+                continue
+            if kind == id(bytearray):
+                item[:] = copy
+                continue
+            parts = [back[id(part)] if id(part) in back else _plain_copy(part, name)
+                     for part in _parts(copy, kind)]
+            type(item).clear(item)
+            _fill(kind, item, parts)
 
 
 def _empty_like(item: object, kind: int) -> object:
@@ -353,7 +321,9 @@ def _internals(namespace: dict, module_name: object) -> list:
     defaults, each of its own classes' attributes (`f.__code__ = ...` leaves `module.f` the same)."""
     found = []
     for value in list(namespace.values()):
-        if id(type(value)) in _CLASS_KINDS and value.__dict__.get("__module__") is module_name:
+        kind = type(value)  # compared by identity, not id(): each id() call is an audited event
+        ours = kind is _CLASS_KINDS[0] or kind is _CLASS_KINDS[1]
+        if ours and value.__dict__.get("__module__") is module_name:
             found += [value, *value.__dict__.values()]
             found += [part for item in value.__dict__.values() for part in _function_parts(item)]
         else:
@@ -367,10 +337,13 @@ def _function_parts(value: object) -> list:
 
 
 def _watch() -> Watch:
-    """(note_new_modules, check, reset_imports): snapshots of builtins, loaded modules, this module's
-    own names and the import system, checked after the solution and every call; the import system
-    is also reset before the tests import anything. Closures, not a class: object.__subclasses__()
-    lists every class, and a class's methods would hand the solution this module's globals."""
+    """(before_call, check, reset_imports, protect): snapshots of builtins, loaded modules, this
+    module's own names and the import system, checked after the solution and every call (`check`);
+    the import system is also reset before the tests import anything. Around each call into the
+    solution (`before_call` ... `check`) the tests' own namespaces (`protect`: their globals, their
+    builtins) must not change, and modules it imported leave sys.modules (the tests import genuine
+    ones, not one it planted). Closures, not a class: object.__subclasses__() lists every class, and
+    a class's methods would hand the solution this module's globals."""
     before = dict(builtins.__dict__)
     handlers = _signal_handlers()
     imports = (list(sys.path), list(sys.meta_path), list(sys.path_hooks))
@@ -378,12 +351,31 @@ def _watch() -> Watch:
     own_names, own_internals = dict(own), _internals(own, own.get("__name__"))
     modules: dict = {}
     missing = object()
+    protected: list = []
+    calls: list = []  # per call in progress: (sys.modules' names, the protected namespaces' snapshots)
 
     def note_new_modules() -> None:
         for name, module in list(sys.modules.items()):
-            if name not in modules and name not in ("__main__", "sys"):
-                names = dict(getattr(module, "__dict__", {}))
+            if name not in modules and name not in _OWN_MODULES:
+                names = {key: value for key, value in getattr(module, "__dict__", {}).items()
+                         if (name, key) not in _VOLATILE}
                 modules[name] = (module, names, _internals(names, names.get("__name__")))
+
+    def protect(*namespaces: dict) -> None:
+        protected.extend(namespaces)
+
+    def before_call() -> None:
+        note_new_modules()
+        snapshots = [(space, dict(space), _internals(space, "__tests__")) for space in protected]
+        calls.append((set(sys.modules), snapshots))
+
+    def after_call() -> None:
+        names, snapshots = calls.pop()
+        for name in [name for name in sys.modules if name not in names]:
+            del sys.modules[name]
+        sys.path_importer_cache = {}
+        if any(changed(space, before, internals, "__tests__") for space, before, internals in snapshots):
+            _violation("the solution modified the tests' names or builtins")
 
     def reset_imports() -> None:
         """The solution's sys.path, finders and cached finders are gone: the tests import genuine modules."""
@@ -391,8 +383,8 @@ def _watch() -> Watch:
         sys.path, sys.meta_path, sys.path_hooks = list(path), list(meta_path), list(path_hooks)
         sys.path_importer_cache = {}
 
-    def changed(namespace: dict, names: dict, internals: list) -> bool:
-        now = _internals(names, names.get("__name__"))
+    def changed(namespace: dict, names: dict, internals: list, module_name: object = missing) -> bool:
+        now = _internals(names, names.get("__name__") if module_name is missing else module_name)
         return (any(namespace.get(k, missing) is not v for k, v in names.items())
                 or len(now) != len(internals) or not all(map(_is, now, internals)))  # fmt: skip
 
@@ -417,9 +409,11 @@ def _watch() -> Watch:
         for now, then in ((sys.path, path), (sys.meta_path, meta_path), (sys.path_hooks, path_hooks)):
             if type(now) is not list or len(now) != len(then) or not all(map(_is, now, then)):
                 _violation("the solution changed how modules are imported")
+        if calls:
+            after_call()
 
     note_new_modules()
-    return note_new_modules, check, reset_imports
+    return before_call, check, reset_imports, protect
 
 
 def _is_builtin_iterator(kind: type) -> bool:
@@ -444,21 +438,26 @@ def _export(value: object, name: str, watch: Watch) -> object:
 def _guarded_items(iterator: object, name: str, watch: Watch) -> object:
     """A generator over the solution's iterator (`list(countdown(3))`, `next(gen)`, `send` work)."""
     send = iterator.send if type(iterator) is _GENERATOR else None
-    note_new_modules, check, _ = watch
+    before_call, check, *_ = watch
     try:
         sent = None
         while True:
-            note_new_modules()
+            before_call()
+            failure = None
             try:
                 item = next(iterator) if sent is None or send is None else send(sent)
             except StopIteration as stop:
                 return _plain_copy(stop.value, name)
+            except BaseException as error:
+                failure = error
             finally:
                 check()
+            if failure is not None:
+                raise _exception_copy(failure)
             sent = yield _export(item, name, watch)
     finally:
         # Closing runs the solution's `finally` blocks and frees its objects: under the guard too.
-        note_new_modules()
+        before_call()
         try:
             if send is not None:
                 iterator.close()
@@ -470,22 +469,44 @@ def _guarded_items(iterator: object, name: str, watch: Watch) -> object:
 def _guard(function: Callable, name: str, watch: Watch, instances_of: type | None = None) -> Callable:
     """`function` called under the watch, its result exported; with `instances_of`, a result of
     exactly that class is handed over as it is (its methods are the tests' to call, unguarded)."""
-    note_new_modules, check, _ = watch
+    before_call, check, *_ = watch
 
     def guarded(*args: object, **kwargs: object) -> object:
-        note_new_modules()
-        arguments_plain = type(_walk((args, kwargs))) is list
+        before_call()
+        given, records = _arguments_in([*args, *kwargs.values()])
+        failure = None
         try:
-            result = function(*args, **kwargs)
-        finally:  # also when it raises: a test may catch the exception and go on
+            result = function(*given[:len(args)], **dict(zip(kwargs, given[len(args):])))
+        except BaseException as error:  # a test may catch it and go on: checked like a return
+            failure = error
+        finally:
             check()
-            if arguments_plain and type(_walk((args, kwargs))) is not list:
-                _violation(f"{name} put a non-data object into its arguments")
+            _arguments_out(records, name)
+        if failure is not None:
+            raise _exception_copy(failure)
         if instances_of is not None and type(result) is instances_of:
             return result
         return _export(result, name, watch)
 
+    guarded.__name__ = guarded.__qualname__ = name
     return guarded
+
+
+def _exception_copy(error: BaseException) -> BaseException:
+    """What a test catches of an exception the solution raised: a new one of the nearest built-in
+    class, with the same arguments when they are data (the solution's own object would answer
+    `str(e)`, `e.args` or `==` with its own code); the traceback kept, for the report."""
+    kinds = type.__dict__["__mro__"].__get__(type(error))
+    args = BaseException.__dict__["args"].__get__(error)
+    args = _plain_copy(args, "an exception") if type(_walk(args)) is list else (_type_name(type(error)),)
+    for kind in kinds:
+        if id(kind) in _BUILTIN_EXCEPTIONS:
+            try:
+                copy = kind(*args)
+            except BaseException:  # a constructor of its own (UnicodeDecodeError): the next class up
+                continue
+            return copy.with_traceback(BaseException.__dict__["__traceback__"].__get__(error))
+    return Exception(*args)
 
 
 def _tests_namespace(namespace: dict, pristine: dict, watch: Watch, entry: str | None) -> dict:
@@ -495,9 +516,10 @@ def _tests_namespace(namespace: dict, pristine: dict, watch: Watch, entry: str |
     builtins even where it defined the same names (its `abs` or `sorted` would run inside the
     tests' own checks). Anything else stays behind (an object's methods would answer for the tests).
     """
-    test_ns = {"__builtins__": pristine}
+    test_ns = {"__builtins__": pristine, "__name__": "__tests__"}
     for name, value in namespace.items():
-        if name == "__builtins__" or (name in pristine and name != entry):
+        ours = name in ("__builtins__", "__name__") or (name in pristine and name != entry)
+        if type(name) is not str or ours:
             continue
         if issubclass(type(value), type(sys)):  # `import math` in the prompt: a fresh one
             test_ns[name] = _fresh_import(value)
@@ -511,10 +533,11 @@ def _tests_namespace(namespace: dict, pristine: dict, watch: Watch, entry: str |
 
 
 def _fresh_main(name: str) -> dict:
-    """A new module for the solution, also installed as `__main__` so the harness isn't there."""
+    """A new module for the solution, installed as `__main__` (so the harness isn't there) and under its
+    own name (dataclasses and pickle look a class's module up there)."""
     module = type(sys)(name)
     module.__dict__["__builtins__"] = builtins
-    sys.modules["__main__"] = module
+    sys.modules["__main__"] = sys.modules[name] = module
     return module.__dict__
 
 
@@ -546,10 +569,10 @@ def child_tests(code: CodeType, spec: dict) -> None:
         if hasattr(sys, setter):
             setattr(sys, setter, _refuse_hook)
     watch = _watch()
-    _, check, reset_imports = watch
+    _, check, reset_imports, protect = watch
     pristine = dict(builtins.__dict__)
-    known_modules = set(sys.modules)
     namespace = _fresh_main("__solution__")
+    known_modules = set(sys.modules)
     exec(code, namespace)
     # Modules the solution imported are dropped so the tests import fresh, unpatched copies.
     for name in [n for n in sys.modules if n not in known_modules]:
@@ -559,6 +582,7 @@ def child_tests(code: CodeType, spec: dict) -> None:
     tests = compile(spec["tests"], "<tests>", "exec", dont_inherit=True, optimize=0)
     test_ns = _tests_namespace(namespace, pristine, watch, spec["entry_point"])
     test_ns[spec["ok_name"]] = ok
+    protect(test_ns, pristine)
     exec(tests, test_ns)
     entry = spec["entry_point"]
     if entry:

@@ -74,10 +74,10 @@ def _set_signal(number: int, action: int) -> None:
         pass
 
 
-def _load_guard(source: str) -> object:
-    """guard.py (its text is in the spec) as a module: loaded before any untrusted line runs."""
-    module = type(sys)("posttrain_sandbox_guard")
-    exec(compile(source, "<guard>", "exec", dont_inherit=True), module.__dict__)
+def _load(name: str, source: str) -> object:
+    """guard.py or fence.py (their text is in the spec) as a module: loaded before any untrusted line runs."""
+    module = type(sys)(f"posttrain_sandbox_{name}")
+    exec(compile(source, f"<{name}>", "exec", dont_inherit=True), module.__dict__)
     return module
 
 
@@ -99,7 +99,7 @@ def _run_child(code: CodeType, spec: dict, events_w: int, stdin_fd: int | None,
         traceback_text = None  # held here only: no frame of the solution's can reach this one
         try:
             if spec["mode"] == "tests":
-                traceback_text = guard.fence_introspection()
+                traceback_text = spec["fence"].fence_introspection()
                 guard.child_tests(code, spec)
             else:
                 guard.child_main(code)
@@ -266,7 +266,8 @@ def main(argv: list) -> None:
     spec_fd, sentinel_fd, progress_fd, result_fd = fds = [int(a) for a in argv]
     spec = marshal.loads(_read_all(spec_fd))
     os.close(spec_fd)
-    spec.update(progress_fd=progress_fd, top_fd=max(fds), guard=_load_guard(spec["guard"]))
+    spec.update(progress_fd=progress_fd, top_fd=max(fds), guard=_load("guard", spec["guard"]),
+                fence=_load("fence", spec["fence"]))
     if spec["nondumpable"]:
         # Without bwrap a /proc is visible: keep same-uid children out of /proc/<this pid>/{fd,mem}.
         import ctypes

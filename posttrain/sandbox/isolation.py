@@ -47,6 +47,7 @@ _INSTALL = {
 }
 _HARNESS = (Path(__file__).parent / "harness.py").read_text(encoding="utf-8")
 GUARD_SOURCE = (Path(__file__).parent / "guard.py").read_text(encoding="utf-8")
+FENCE_SOURCE = (Path(__file__).parent / "fence.py").read_text(encoding="utf-8")
 """The forked child's code (`posttrain.sandbox.guard`), sent to the supervisor in every spec."""
 STARTUP_S = 10.0
 """Seconds the supervisor may take to start (bwrap, python) on a crowded machine: infrastructure."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from posttrain.errors import ConfigError, SandboxError
-from posttrain.sandbox.isolation import GUARD_SOURCE, Plan, RawRun, launch, plan
+from posttrain.sandbox.isolation import FENCE_SOURCE, GUARD_SOURCE, Plan, RawRun, launch, plan
 
 STATUSES = ("passed", "wrong", "timeout", "memory", "runtime_error", "syntax_error", "sandbox_error")
 _RECORD_CAP = 16 << 20
@@ -190,6 +190,7 @@ def _execute(job: _Job, limits: Limits, plan_: Plan) -> SandboxResult:
     }
     job.spec["private_pids"] = plan_.private_pids
     job.spec["guard"] = GUARD_SOURCE
+    job.spec["fence"] = FENCE_SOURCE
     job.spec["nondumpable"] = "bwrap" not in plan_.layers
     sentinel = secrets.token_hex(16).encode("ascii")
     files_size = sum(len(v.encode("utf-8")) for v in job.spec["files"].values())
