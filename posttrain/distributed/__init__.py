@@ -290,27 +290,37 @@ def use_workers(config: ClusterConfig, reward_pool: Any, rollout_pool: Any) -> N
 
 
 def reward_scorer() -> Scorer:
-    """What scores a batch of completions now: the run's reward workers, or this process."""
+    """What scores a batch of completions now: the run's reward workers, or this process (on trainer
+    ranks, each rank its share)."""
     if _session is not None and _session.reward_pool is not None:
         return _on_writer(_session.reward_pool.score) if _rank.world > 1 else _session.reward_pool.score
     from posttrain.rewards.base import score_completions
 
+    if _rank.world > 1:
+        from posttrain.distributed.trainers import scored_in_shares
+
+        return scored_in_shares(score_completions)
     return score_completions
 
 
 def rollout_sampler() -> Callable[..., Any]:
     """What samples rollouts now: the run's rollout workers, or ``posttrain.rollout.generate`` in this
-    process (both take ``generate``'s arguments and return ``Rollouts``)."""
+    process (on trainer ranks, each rank its share); all take ``generate``'s arguments and return
+    ``Rollouts``."""
     if _session is not None and _session.rollout_pool is not None:
         pool = _session.rollout_pool
         return _sample_on_writer(pool) if _rank.world > 1 else pool.generate
     from posttrain.rollout import generate
 
+    if _rank.world == 1:
+        return generate
+    from posttrain.distributed.trainers import sampled_in_shares
+
     if sharded():  # the engine reads the weights directly: gathered whole for each call
         from posttrain.distributed.fsdp import with_full_weights
 
-        return with_full_weights(generate)
-    return generate
+        return sampled_in_shares(with_full_weights(generate))
+    return sampled_in_shares(generate)
 
 
 def sample_ahead(model: Any, tokenizer: Any, prompts: list[Any], n: int, sampling: Any,

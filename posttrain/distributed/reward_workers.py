@@ -79,7 +79,7 @@ class RewardPool:
         fns = self._sent[1]
         shares = share_bounds(n, len(self.workers))
         pending = [worker.score.remote(fns, prompts[start:stop], completions[start:stop],
-                                       _share_of_columns(columns, start, stop, n),
+                                       share_of_columns(columns, start, stop, n),
                                        completion_ids=completion_ids[start:stop] if completion_ids else None,
                                        trainer_state=trainer_state)
                    for worker, (start, stop) in zip(self.workers, shares)]
@@ -93,7 +93,7 @@ class RewardPool:
         except ray.exceptions.RayTaskError as error:
             cause = error.cause
             if isinstance(cause, RewardError):  # its indices count from the share's first sample
-                raise RewardError(_shifted(str(cause), start)) from None
+                raise RewardError(shifted(str(cause), start)) from None
             raise (cause if isinstance(cause, Exception) else error) from None
         except ray.exceptions.RayActorError as error:
             raise ClusterError(
@@ -103,13 +103,13 @@ class RewardPool:
             ) from None
 
 
-def _share_of_columns(columns: dict[str, Any], start: int, stop: int, n: int) -> dict[str, Any]:
+def share_of_columns(columns: dict[str, Any], start: int, stop: int, n: int) -> dict[str, Any]:
     """Per-sample columns (sequences of length n) cut to the share; other values (trainer_state) whole."""
     return {key: value[start:stop] if isinstance(value, list | tuple) and len(value) == n else value
             for key, value in columns.items()}
 
 
-def _shifted(message: str, offset: int) -> str:
+def shifted(message: str, offset: int) -> str:
     """A RewardError's message with its sample and row indices counted in the whole batch."""
     return re.sub(r"\b(sample|row) (\d+)\b", lambda m: f"{m[1]} {int(m[2]) + offset}", message)
 

@@ -4,10 +4,11 @@
 (PACK), has rank 0 pick the rendezvous address, joins them in one process group (gloo on CPU, nccl
 when the ranks have GPUs) and calls the recipe's ``train(config, **arguments)`` on every rank, as
 torchrun would start the same script on every rank (OpenRLHF's and verl's trainer actors do the same
-inside Ray). Every rank seeds, loads and samples alike, so each holds the same batch (with rollout or
-reward workers, which the driver places with the ranks, rank 0 alone has them sample and score and
-broadcasts the results: ``distributed.use_workers``); the seams in ``posttrain.distributed`` make the
-step data-parallel:
+inside Ray). Every rank seeds and loads alike and holds the same batch: each samples and scores its
+share of the prompts and the shares are gathered on every rank (``sampled_in_shares``,
+``scored_in_shares``; with rollout or reward workers, which the driver places with the ranks, rank 0
+alone has them sample and score and broadcasts the results: ``distributed.use_workers``); the seams in
+``posttrain.distributed`` make the step data-parallel:
 
 - ``rank_rows``: ``training.accumulate`` backs only this rank's contiguous share of the rows, its
   loss weighted by the share's part of the batch's normaliser (its tokens for ``token_mean``, rows
@@ -32,6 +33,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -44,8 +46,11 @@ from posttrain import distributed
 from posttrain.config import ClusterConfig
 from posttrain.distributed import ClusterError, Rank
 from posttrain.distributed.cluster import Cluster, Role, roles, share_bounds
-from posttrain.distributed.reward_workers import pickle_by_value
-from posttrain.errors import PosttrainError
+from posttrain.distributed.reward_workers import pickle_by_value, share_of_columns, shifted
+from posttrain.distributed.rollout_workers import share_options, with_seed
+from posttrain.errors import PosttrainError, RewardError
+from posttrain.rewards.base import RewardScores
+from posttrain.rollout import Rollouts, checked_prompt_ids
 from posttrain.training import micro_batch_weights
 
 GROUP_TIMEOUT = timedelta(minutes=30)
@@ -231,13 +236,67 @@ def reduce_gradients(params: list[torch.nn.Parameter], loss_finite: bool) -> boo
 
 def sum_over_ranks(metrics: dict[str, float]) -> dict[str, float]:
     """``distributed.sum_over_ranks`` on a rank (a few floats, gathered as objects whatever their keys)."""
-    parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, metrics)
     total: dict[str, float] = {}
-    for part in parts:
+    for part in gathered(metrics):
         for name, value in part.items():
             total[name] = total.get(name, 0.0) + value
     return total
+
+
+def gathered(part: Any) -> list[Any]:
+    """Every rank's ``part``, in rank order, on every rank."""
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, part)
+    return parts
+
+
+def sampled_in_shares(sample: Callable[..., Rollouts]) -> Callable[..., Rollouts]:
+    """``sample`` (``generate``'s arguments) with each rank sampling its contiguous share of the prompts
+    and every rank getting the whole batch: one process's samples (each prompt's random streams follow
+    its occurrence in the whole request, as on rollout workers), in 1/world of the time. Fewer prompts
+    than ranks: every rank samples them all."""
+
+    def shared(model: Any, tokenizer: Any, prompts: list[Any], n: int, sampling: Any,
+               **options: Any) -> Rollouts:  # fmt: skip
+        started, world = time.perf_counter(), dist.get_world_size()
+        seeded = with_seed(sampling)  # drawn on every rank, as the engine would draw it: the RNG moves alike
+        if len(prompts) < world:
+            return sample(model, tokenizer, prompts, n, seeded, **options)
+        ids = checked_prompt_ids(model, tokenizer, prompts, n, seeded, options.get("max_prompt_tokens"))
+        first, stop = share_bounds(len(prompts), world)[dist.get_rank()]
+        backend = options.get("backend", "torch")
+        options["engine_options"] = share_options(options.get("engine_options"), backend, ids, first, stop)
+        part = sample(model, tokenizer, prompts[first:stop], n, seeded, **options)
+        part.prompt_index = [first + index for index in part.prompt_index]
+        rollouts = Rollouts.concat(gathered(part))
+        seconds = time.perf_counter() - started
+        tokens = rollouts.timing.get("completion_tokens", 0.0)
+        rollouts.timing.update(seconds=seconds, tokens_per_s=tokens / seconds if seconds > 0 else 0.0)
+        return rollouts
+
+    return shared
+
+
+def scored_in_shares(score: Callable[..., RewardScores]) -> Callable[..., RewardScores]:
+    """``score`` (``score_completions``' arguments) with each rank scoring its contiguous share of the
+    completions and every rank getting all the scores and what the functions logged, in order."""
+
+    def shared(reward_fns: list[tuple[str, Any, float]], prompts: list[Any], completions: list[Any],
+               columns: dict[str, Any], **options: Any) -> RewardScores:
+        n, world = len(completions), dist.get_world_size()
+        if n < world or len(prompts) != n:  # too few to share, or score's own error to raise
+            return score(reward_fns, prompts, completions, columns, **options)
+        first, stop = share_bounds(n, world)[dist.get_rank()]
+        ids = options.get("completion_ids")
+        try:
+            part = score(reward_fns, prompts[first:stop], completions[first:stop],
+                         share_of_columns(columns, first, stop, n),
+                         **{**options, "completion_ids": ids[first:stop] if ids else None})
+        except RewardError as error:  # its indices count from the share's first sample
+            raise RewardError(shifted(str(error), first)) from None
+        return RewardScores.concat(gathered(part))
+
+    return shared
 
 
 def broadcast_from_writer(make: Callable[[], Any] | None) -> Any:

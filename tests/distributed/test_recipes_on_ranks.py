@@ -80,6 +80,49 @@ def test_two_ranks_take_the_single_process_step(recipe: str, overrides: list[str
         assert sorted(p.name for p in shards.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
 
 
+SHARES = '''
+import json
+
+import posttrain.rollout
+from posttrain.distributed import this_rank
+
+_generate = posttrain.rollout.generate
+
+
+def _log(**entry):
+    with open({log!r}, "a") as out:
+        out.write(json.dumps({{"rank": this_rank().index, **entry}}) + "\\n")
+
+
+def counted(model, tokenizer, prompts, *args, **kwargs):
+    _log(sampled=len(prompts))
+    return _generate(model, tokenizer, prompts, *args, **kwargs)
+
+
+posttrain.rollout.generate = counted
+
+
+def length(completions, **kwargs):
+    _log(scored=len(completions))
+    return [float(len(str(completion))) for completion in completions]
+'''
+
+
+def test_each_rank_samples_and_scores_its_share(ray_cluster: str, tiny_model_dir: str,
+                                                tmp_path: Path) -> None:  # fmt: skip
+    """4 prompts x 3 samples on 2 ranks: each samples 2 prompts and scores 6 completions (each did the
+    whole batch before), and the step sees all 12 samples (its one-process equality: the test above)."""
+    spy, log = tmp_path / "shares.py", tmp_path / "shares.jsonl"
+    spy.write_text(SHARES.format(log=str(log)))
+    run = _run("grpo", tiny_model_dir, tmp_path / "two", "prompts_per_step=4", f"rewards=[{spy}:length]",
+               f"cluster.address={ray_cluster}", "cluster.trainers=2")
+    calls = sorted(map(json.loads, log.read_text().splitlines()), key=lambda call: sorted(call.items()))
+    assert calls == [{"rank": 0, "sampled": 2}, {"rank": 0, "scored": 6},
+                     {"rank": 1, "sampled": 2}, {"rank": 1, "scored": 6}]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["rollout/samples"] for row in rows if "rollout/samples" in row] == [12.0]
+
+
 def _weights_of(model_dir: str) -> dict[str, torch.Tensor]:
     return load_file(str(Path(model_dir) / "model.safetensors"))
 
