@@ -106,13 +106,15 @@ What is NOT protected (read before trusting a reward):
   closes the routes to the supervisor's memory found so far, not every one: `gc.garbage` with
   `gc.DEBUG_SAVEALL` hands out frames of collected cycles (a fresh `gc` module through `_imp`
   escapes any patch of its functions), hand-made code objects (`code.replace`, `marshal`) can
-  corrupt memory, and a solution that forks can run the tests on its guesses (the copy's events
-  tell it which guess holds). A program written against this harness can forge a pass that way;
-  one found by reinforcement learning rarely would. Exit codes, printed or guessed verdicts,
-  objects with a lying `__eq__` and patched runtimes cannot. Only stdin/stdout cases keep expected
-  answers truly hidden; running the tests in a second process that never runs solution code is
-  the structural fix. Without the seccomp layer signal handlers are not refused; without bwrap the
-  supervisor loads ctypes (to turn off core dumps) and /proc is visible.
+  corrupt memory, a solution that forks can run the tests on its guesses (the copy's events tell
+  it which guess holds), and tests that hand the solution a callback of theirs lead it to the
+  guarded wrappers, whose closure cells can be rewritten. A program written against this harness
+  can forge a pass that way; one found by reinforcement learning rarely would. Exit codes,
+  printed or guessed verdicts, objects with a lying `__eq__` and patched runtimes cannot. Only
+  stdin/stdout cases keep expected answers truly hidden; running the tests in a second process
+  that never runs solution code is the structural fix. Without the seccomp layer signal handlers
+  are not refused; without bwrap the supervisor loads ctypes (to turn off core dumps) and /proc is
+  visible.
 - The sandbox shares the host kernel: a kernel exploit escapes it (seccomp only narrows the
   surface). Everything under /usr is readable inside. Spawning a shell is possible but the shell
   is in the same sandbox (same limits, no network, nothing writable outside /tmp).
