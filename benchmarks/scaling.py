@@ -14,11 +14,12 @@ and scores the batch once untimed (worker start, sandbox check) before timing it
 grpo: configs/grpo-arithmetic.yaml on the embedded SmolLM2-135M for `--steps` steps (no held-out
 evaluation), in one process, then with `cluster.address` and 1 rollout worker holding every core of
 the machine (the cost of the Ray path: target <= 10% slower per step), then with 2 rollout workers of
-half the cores each. A step's seconds are its time/rollout_s + time/update_s; step 1 (the first weight
-push, the engines' first batch) is not counted. On the Ray path the driver's pushes (seconds, MB), the
-rollout calls' wall time against their workers' own sampling time, and the rollouts' size are
-recorded; a short profile after the rounds times a weight push, a worker fetching and loading it, and
-an actor call's round trip.
+half the cores each, then on 2 trainer ranks of half the cores each (every rank samples, scores and
+trains its share of the batch). A step's seconds are its time/rollout_s + time/update_s; step 1 (the
+first weight push, the engines' first batch) is not counted. On the Ray path the driver's pushes
+(seconds, MB), the rollout calls' wall time against their workers' own sampling time, and the
+rollouts' size are recorded; a short profile after the rounds times a weight push, a worker fetching
+and loading it, and an actor call's round trip.
 
 The cases alternate for `--rounds` rounds so that a busy machine slows them alike. Prints one JSON
 object: seconds per round, medians and the ratios.
@@ -169,20 +170,22 @@ def grpo_run(out: Path, steps: int, overrides: list[str]) -> dict[str, list[floa
     config = load_config(grpo.Config, GRPO_CONFIG, [
         f"run.output_dir={out}", "run.name=bench", "run.progress=false", f"run.steps={steps}",
         "run.eval_every=0", "run.save_every=0", "data.eval_size=0", *overrides])
-    run_dir = grpo.train(config)
+    run_dir = distributed.launch(grpo.train, config)  # on trainer ranks with cluster.trainers > 1
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps_logged = [row for row in rows if "time/rollout_s" in row and row["step"] > 1]
     return {key: [row[f"time/{key}"] for row in steps_logged] for key in ("rollout_s", "update_s")}
 
 
 def grpo_cases(args: argparse.Namespace) -> dict[str, Any]:
-    """The GRPO step in one process and with 1 and 2 rollout workers, alternating over the rounds."""
+    """The GRPO step in one process, with 1 and 2 rollout workers, and on 2 trainer ranks (each samples,
+    scores and trains its share of the batch), alternating over the rounds."""
     cores = len(os.sched_getaffinity(0))
     ray_path = [f"cluster.address={args.address}"]
     cases = {
         "one_process": [],
         "rollout_workers_1": [*ray_path, "cluster.rollout_workers=1", f"cluster.rollout_cpus={cores}"],
         "rollout_workers_2": [*ray_path, "cluster.rollout_workers=2", f"cluster.rollout_cpus={cores / 2:g}"],
+        "trainer_ranks_2": [*ray_path, "cluster.trainers=2", f"cluster.trainer_cpus={cores / 2:g}"],
     }
     step_s: dict[str, list[list[float]]] = {name: [] for name in cases}  # per round: each counted step
     parts: dict[str, dict[str, list[float]]] = {name: {"rollout_s": [], "update_s": []} for name in cases}
@@ -212,6 +215,7 @@ def grpo_cases(args: argparse.Namespace) -> dict[str, Any]:
         "median_update_s": {name: round(statistics.median(v["update_s"]), 3) for name, v in parts.items()},
         "ratio_1_worker_vs_one_process": round(median["rollout_workers_1"] / median["one_process"], 3),
         "ratio_2_workers_vs_one_process": round(median["rollout_workers_2"] / median["one_process"], 3),
+        "ratio_2_ranks_vs_one_process": round(median["trainer_ranks_2"] / median["one_process"], 3),
         "ray_path": {name: probe_summary(probe) for name, probe in probes.items() if any(probe.calls)},
         "profile": ray_profile(args.address),
     }
