@@ -107,8 +107,10 @@ What is NOT protected (read before trusting a reward):
   `gc.DEBUG_SAVEALL` hands out frames of collected cycles (a fresh `gc` module through `_imp`
   escapes any patch of its functions), hand-made code objects (`code.replace`, `marshal`) can
   corrupt memory, a solution that forks can run the tests on its guesses (the copy's events tell
-  it which guess holds), and tests that hand the solution a callback of theirs lead it to the
-  guarded wrappers, whose closure cells can be rewritten. A program written against this harness
+  it which guess holds), tests that hand the solution a callback of theirs (or define a class,
+  found through `object.__subclasses__()`) lead it to the guarded wrappers, whose closure cells can
+  be rewritten, and the solution's finalizers (`__del__`, weakref callbacks) run its code between
+  calls, where only module patches are caught (at the end). A program written against this harness
   can forge a pass that way; one found by reinforcement learning rarely would. Exit codes,
   printed or guessed verdicts, objects with a lying `__eq__` and patched runtimes cannot. Only
   stdin/stdout cases keep expected answers truly hidden; running the tests in a second process
