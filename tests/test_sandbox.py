@@ -501,6 +501,15 @@ def test_monkeypatching_the_runtime_fails(patch: str) -> None:
     assert result.status == "wrong" and result.reason.startswith("SandboxViolation")
 
 
+def test_a_functions_code_or_defaults_changed_during_a_call_fails() -> None:
+    """The watch re-reads functions' code and defaults only after such a write (an audited event):
+    one made inside a call, after the first check, is still caught."""
+    for patch in ("os.path.join.__defaults__ = ()", "os.path.join.__code__ = (lambda *a: '').__code__"):
+        source = f"import os\ndef add(a, b):\n    if a == 1:\n        {patch}\n    return a + b\n"
+        result = run_tests(source, ADD_TESTS, "add")
+        assert result.status == "wrong" and "modified module 'posixpath'" in result.reason, patch
+
+
 def test_unprintable_exception_and_odd_exit_codes_fail() -> None:
     bad_str = _src("""
         class Boom(Exception):

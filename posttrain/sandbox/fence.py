@@ -30,6 +30,7 @@ _FENCED_EVENTS = frozenset((
     "gc.get_objects", "gc.get_referrers", "gc.get_referents", "import", "cpython.PyInterpreterState_New",
 ))  # fmt: skip
 _FRAME_ATTRIBUTES = frozenset(("tb_frame", "gi_frame", "cr_frame", "ag_frame"))
+_FUNCTION_PARTS = frozenset(("__code__", "__defaults__", "__kwdefaults__"))
 # Subinterpreters too: one has no audit hook of ours, and ctypes there reaches this one's frames.
 _FENCED_MODULES = frozenset((
     "ctypes", "_ctypes", "_ctypes_test", "_testcapi", "_testinternalcapi", "_testbuffer", "_testmultiphase",
@@ -39,7 +40,7 @@ _FENCED_MODULES = frozenset((
 
 
 
-def fence_introspection() -> Callable[[BaseException], str]:
+def fence_introspection() -> tuple[Callable[[BaseException], str], Callable[[], int]]:
     """From now on, in this process, refuse frames, the collector's object lists and ctypes.
 
     The solution and the tests share the process with the supervisor's variables; the audit hook
@@ -48,13 +49,17 @@ def fence_introspection() -> Callable[[BaseException], str]:
     held elsewhere raises ValueError,
     `tb_frame` / `gi_frame` / `cr_frame` / `ag_frame` AttributeError, the collector's lists
     RuntimeError, importing ctypes ImportError. Signal handlers, the other source of frames, are
-    refused by the test runs' seccomp filter. Returns the one reader of a traceback left: held by
-    the supervisor's frame only, so by nothing the solution can reach.
+    refused by the test runs' seccomp filter. Returns the one reader of a traceback left, held by
+    the supervisor's frame only, so by nothing the solution can reach, and a count of the writes to
+    any function's code or defaults (the guard's watch re-reads them only after one).
     """
-    unlocked = [False]
+    unlocked, written = [False], [0]
 
     def hook(event: str, args: tuple) -> None:
-        if event in _FENCED_EVENTS and not unlocked[0]:
+        if event == "object.__setattr__":
+            if args[1] in _FUNCTION_PARTS:
+                written[0] += 1
+        elif event in _FENCED_EVENTS and not unlocked[0]:
             _refuse(event, args)
 
     def traceback_text(exc: BaseException) -> str:
@@ -87,7 +92,7 @@ def fence_introspection() -> Callable[[BaseException], str]:
     for name in ("_current_frames", "_current_exceptions"):
         if hasattr(sys, name):
             setattr(sys, name, eval("lambda: {}", no_builtins))
-    return traceback_text
+    return traceback_text, lambda: written[0]
 
 
 def _fenced_file(path: object, separator: str) -> bool:

@@ -316,19 +316,25 @@ def _namedtuple_twin(kind: type, twins: dict) -> type | None:
     return twins[id(kind)]
 
 
-def _internals(namespace: dict, module_name: object) -> list:
-    """What the module's functions and classes do, beyond its names: each function's code and
-    defaults, each of its own classes' attributes (`f.__code__ = ...` leaves `module.f` the same)."""
+def _internals(namespace: dict, module_name: object, functions: bool = True) -> list:
+    """What the module's functions and classes do, beyond its names: each of its own classes'
+    attributes and, with `functions`, each function's code and defaults (`f.__code__ = ...` leaves
+    `module.f` the same; such a write is an audited event, so the watch reads them only after one)."""
     found = []
     for value in list(namespace.values()):
         kind = type(value)  # compared by identity, not id(): each id() call is an audited event
         ours = kind is _CLASS_KINDS[0] or kind is _CLASS_KINDS[1]
         if ours and value.__dict__.get("__module__") is module_name:
             found += [value, *value.__dict__.values()]
-            found += [part for item in value.__dict__.values() for part in _function_parts(item)]
-        else:
+            if functions:
+                found += [part for item in value.__dict__.values() for part in _function_parts(item)]
+        elif functions:
             found += _function_parts(value)
     return found
+
+
+def _both_internals(namespace: dict, module_name: object) -> tuple[list, list]:
+    return _internals(namespace, module_name, False), _internals(namespace, module_name)
 
 
 def _function_parts(value: object) -> list:
@@ -336,19 +342,20 @@ def _function_parts(value: object) -> list:
     return [inner.__code__, inner.__defaults__, inner.__kwdefaults__] if type(inner) is _FUNCTION else []
 
 
-def _watch() -> Watch:
+def _watch(writes: Callable[[], int] | None = None) -> Watch:
     """(before_call, check, reset_imports, protect): snapshots of builtins, loaded modules, this
     module's own names and the import system, checked after the solution and every call (`check`);
     the import system is also reset before the tests import anything. Around each call into the
     solution (`before_call` ... `check`) the tests' own namespaces (`protect`: their globals, their
     builtins) must not change, and modules it imported leave sys.modules (the tests import genuine
     ones, not one it planted). Closures, not a class: object.__subclasses__() lists every class, and
-    a class's methods would hand the solution this module's globals."""
+    a class's methods would hand the solution this module's globals. `writes` (fence.py): how many
+    writes to a function's code or defaults so far; those parts are compared only after one."""
     before = dict(builtins.__dict__)
     handlers = _signal_handlers()
     imports = (list(sys.path), list(sys.meta_path), list(sys.path_hooks))
     own = globals()
-    own_names, own_internals = dict(own), _internals(own, own.get("__name__"))
+    own_names, own_internals = dict(own), _both_internals(own, own.get("__name__"))
     modules: dict = {}
     missing = object()
     protected: list = []
@@ -359,14 +366,14 @@ def _watch() -> Watch:
             if name not in modules and name not in _OWN_MODULES:
                 names = {key: value for key, value in getattr(module, "__dict__", {}).items()
                          if (name, key) not in _VOLATILE}
-                modules[name] = (module, names, _internals(names, names.get("__name__")))
+                modules[name] = (module, names, _both_internals(names, names.get("__name__")))
 
     def protect(*namespaces: dict) -> None:
         protected.extend(namespaces)
 
     def before_call() -> None:
         note_new_modules()
-        snapshots = [(space, dict(space), _internals(space, "__tests__")) for space in protected]
+        snapshots = [(space, dict(space), _both_internals(space, "__tests__")) for space in protected]
         calls.append((set(sys.modules), snapshots))
 
     def after_call() -> None:
@@ -383,10 +390,16 @@ def _watch() -> Watch:
         sys.path, sys.meta_path, sys.path_hooks = list(path), list(meta_path), list(path_hooks)
         sys.path_importer_cache = {}
 
-    def changed(namespace: dict, names: dict, internals: list, module_name: object = missing) -> bool:
-        now = _internals(names, names.get("__name__") if module_name is missing else module_name)
-        return (any(namespace.get(k, missing) is not v for k, v in names.items())
-                or len(now) != len(internals) or not all(map(_is, now, internals)))  # fmt: skip
+    seen_writes = [writes() if writes else 0]
+
+    def changed(namespace: dict, names: dict, internals: tuple[list, list],
+                module_name: object = missing) -> bool:  # fmt: skip
+        if any(namespace.get(k, missing) is not v for k, v in names.items()):
+            return True
+        full = writes is None or writes() != seen_writes[0]
+        before = internals[1] if full else internals[0]
+        now = _internals(names, names.get("__name__") if module_name is missing else module_name, full)
+        return len(now) != len(before) or not all(map(_is, now, before))
 
     def check() -> None:
         if _gettrace() is not None or _getprofile() is not None:
@@ -411,6 +424,8 @@ def _watch() -> Watch:
                 _violation("the solution changed how modules are imported")
         if calls:
             after_call()
+        if writes is not None:
+            seen_writes[0] = writes()
 
     note_new_modules()
     return before_call, check, reset_imports, protect
@@ -553,7 +568,7 @@ def _fresh_import(module: object) -> object:
         return None
 
 
-def child_tests(code: CodeType, spec: dict) -> None:
+def child_tests(code: CodeType, spec: dict, writes: Callable[[], int] | None = None) -> None:
     """Run the solution, then the instrumented tests against it, in one namespace (HumanEval).
 
     The run ends with `end TOKEN` only if the test code ran to its end: an assert correctly not
@@ -568,7 +583,7 @@ def child_tests(code: CodeType, spec: dict) -> None:
     for setter in _HOOK_SETTERS:
         if hasattr(sys, setter):
             setattr(sys, setter, _refuse_hook)
-    watch = _watch()
+    watch = _watch(writes)
     _, check, reset_imports, protect = watch
     pristine = dict(builtins.__dict__)
     namespace = _fresh_main("__solution__")

@@ -99,8 +99,8 @@ def _run_child(code: CodeType, spec: dict, events_w: int, stdin_fd: int | None,
         traceback_text = None  # held here only: no frame of the solution's can reach this one
         try:
             if spec["mode"] == "tests":
-                traceback_text = spec["fence"].fence_introspection()
-                guard.child_tests(code, spec)
+                traceback_text, writes = spec["fence"].fence_introspection()
+                guard.child_tests(code, spec, writes)
             else:
                 guard.child_main(code)
             status = 0
