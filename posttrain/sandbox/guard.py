@@ -62,6 +62,7 @@ _VOLATILE = frozenset((("time", "tzname"), ("time", "timezone"), ("time", "altzo
 _BUILTIN_EXCEPTIONS = frozenset(id(value) for value in builtins.__dict__.values()
                                 if isinstance(value, type) and issubclass(value, BaseException))
 _OWN_MODULES = ("__main__", "__solution__", "sys")  # not watched: the solution's own, and sys
+_MISSING = object()
 # Hooks that would run the solution's code in the middle of the test code (and a trace or
 # monitoring callback can even move a frame's f_lineno, i.e. jump over asserts): gone for the tests.
 _HOOK_SETTERS = ("settrace", "setprofile", "monitoring", "_settraceallthreads", "_setprofileallthreads",
@@ -97,10 +98,8 @@ def report_exception(exc: BaseException, traceback_text: Callable[[BaseException
 
 
 def _violation(message: str) -> None:
-    """The solution tampered with the runtime or handed a test a non-data object: end the child.
-
-    It exits rather than raises, so no `except` in the test code can swallow it and go on to the end.
-    """
+    """The solution tampered with the runtime or handed a test a non-data object: end the child
+    (exit, not raise: no `except` in the test code can swallow it and go on to the end)."""
     emit(f"error SandboxViolation {message}")
     try:
         _write(2, f"SandboxViolation: {message}\n".encode("utf-8", "replace"))
@@ -158,14 +157,10 @@ def _nested(parts: object) -> list:
 
 def _walk(value: object) -> list | type:
     """(container, kind, parts, flat: no part needs a copy) for every container in `value`, each
-    after the immutable ones it holds; or the first type that is not built-in data.
-
-    Only built-in code runs here (exact built-in types, identity tests), and collections' own
-    (namedtuple, for a twin class): nothing of the solution's. A namedtuple's entry holds its twin
-    in place of the kind.
+    after the immutable ones it holds; or the first type that is not built-in data. Only built-in
+    code and collections' own runs here (a namedtuple's entry holds its twin class as the kind).
     Mutable containers are listed on first sight and their contents walked later, so every cycle
-    (which must pass through one) is broken by them.
-    """
+    (which must pass through one) is broken by them."""
     order, seen, pending, twins = [], set(), [value], {}
     while pending:
         stack: list = [(pending.pop(), None)]
@@ -247,9 +242,8 @@ def _fill(kind: int, shell: object, parts: list) -> None:
 
 
 def _arguments_in(values: list) -> tuple[list, list]:
-    """Each argument that is data as a copy, so the solution never holds the tests' own objects (it
-    could change them at any later moment: a `__del__`), any other (a test's callback) as given; and
-    for each copy what `_arguments_out` needs."""
+    """Each argument that is data as a copy (the solution never holds the tests' own objects, which a
+    later `__del__` could change), any other as given; and what `_arguments_out` needs."""
     given, records = [], []
     for value in values:
         order = _walk(value)
@@ -294,9 +288,8 @@ def _empty_like(item: object, kind: int) -> object:
 
 
 def _namedtuple_twin(kind: type, twins: dict) -> type | None:
-    """A namedtuple class of our own with `kind`'s name and fields, when `kind` looks like what
-    collections.namedtuple makes (a direct tuple subclass with `_fields`), read through `type`'s
-    own descriptors and exact-str keys so that none of `kind`'s code runs; None otherwise."""
+    """A namedtuple class of our own with `kind`'s name and fields when `kind` is a direct tuple
+    subclass with `_fields` (read through `type`'s descriptors: none of its code runs); else None."""
     if id(kind) in twins:
         return twins[id(kind)]
     twins[id(kind)] = None
@@ -317,9 +310,8 @@ def _namedtuple_twin(kind: type, twins: dict) -> type | None:
 
 
 def _internals(namespace: dict, module_name: object, functions: bool = True) -> list:
-    """What the module's functions and classes do, beyond its names: each of its own classes'
-    attributes and, with `functions`, each function's code and defaults (`f.__code__ = ...` leaves
-    `module.f` the same; such a write is an audited event, so the watch reads them only after one)."""
+    """What a module's classes (their attributes) and, with `functions`, its functions (code and
+    defaults: `f.__code__ = ...` leaves `module.f` the same; an audited write) do beyond its names."""
     found = []
     for value in list(namespace.values()):
         kind = type(value)  # compared by identity, not id(): each id() call is an audited event
@@ -337,19 +329,26 @@ def _both_internals(namespace: dict, module_name: object) -> tuple[list, list]:
     return _internals(namespace, module_name, False), _internals(namespace, module_name)
 
 
+def _changed(namespace: dict, names: dict, internals: tuple[list, list], module_name: object,
+             full: bool) -> bool:  # fmt: skip
+    """Whether a name of `names` is bound to another object now, or (functions too when `full`) a
+    class or function of it changed."""
+    if any(namespace.get(k, _MISSING) is not v for k, v in names.items()):
+        return True
+    now, before = _internals(names, module_name, full), internals[1] if full else internals[0]
+    return len(now) != len(before) or not all(map(_is, now, before))
+
+
 def _function_parts(value: object) -> list:
     inner = value.__func__ if type(value) in (classmethod, staticmethod) else value
     return [inner.__code__, inner.__defaults__, inner.__kwdefaults__] if type(inner) is _FUNCTION else []
 
 
 def _watch(writes: Callable[[], int] | None = None) -> Watch:
-    """(before_call, check, reset_imports, protect): snapshots of builtins, loaded modules, this
-    module's own names and the import system, checked after the solution and every call (`check`);
-    the import system is also reset before the tests import anything. Around each call into the
-    solution (`before_call` ... `check`) the tests' own namespaces (`protect`: their globals, their
-    builtins) must not change, and modules it imported leave sys.modules (the tests import genuine
-    ones, not one it planted). Closures, not a class: object.__subclasses__() lists every class, and
-    a class's methods would hand the solution this module's globals. `writes` (fence.py): how many
+    """(before_call, check, reset_imports, protect): builtins, loaded modules, this module's names
+    and the import system, checked after the solution and every call; around each call the tests'
+    namespaces (`protect`) must not change, and modules it imported leave sys.modules. Closures, not
+    a class (object.__subclasses__() would lead to this module's globals). `writes` (fence.py):
     writes to a function's code or defaults so far; those parts are compared only after one."""
     before = dict(builtins.__dict__)
     handlers = _signal_handlers()
@@ -357,7 +356,6 @@ def _watch(writes: Callable[[], int] | None = None) -> Watch:
     own = globals()
     own_names, own_internals = dict(own), _both_internals(own, own.get("__name__"))
     modules: dict = {}
-    missing = object()
     protected: list = []
     calls: list = []  # per call in progress: (sys.modules' names, the protected namespaces' snapshots)
 
@@ -381,7 +379,7 @@ def _watch(writes: Callable[[], int] | None = None) -> Watch:
         for name in [name for name in sys.modules if name not in names]:
             del sys.modules[name]
         sys.path_importer_cache = {}
-        if any(changed(space, before, internals, "__tests__") for space, before, internals in snapshots):
+        if any(_changed(space, *snapshot, "__tests__", True) for space, *snapshot in snapshots):
             _violation("the solution modified the tests' names or builtins")
 
     def reset_imports() -> None:
@@ -392,15 +390,6 @@ def _watch(writes: Callable[[], int] | None = None) -> Watch:
 
     seen_writes = [writes() if writes else 0]
 
-    def changed(namespace: dict, names: dict, internals: tuple[list, list],
-                module_name: object = missing) -> bool:  # fmt: skip
-        if any(namespace.get(k, missing) is not v for k, v in names.items()):
-            return True
-        full = writes is None or writes() != seen_writes[0]
-        before = internals[1] if full else internals[0]
-        now = _internals(names, names.get("__name__") if module_name is missing else module_name, full)
-        return len(now) != len(before) or not all(map(_is, now, before))
-
     def check() -> None:
         if _gettrace() is not None or _getprofile() is not None:
             _violation("the solution installed a trace or profile hook")
@@ -410,13 +399,15 @@ def _watch(writes: Callable[[], int] | None = None) -> Watch:
             _violation("the solution installed a signal handler")  # it would run amid the test code
         # Identity of every name that existed before; new names can't change what tests call.
         current = builtins.__dict__
-        if any(current.get(k, missing) is not v for k, v in before.items()):
+        if any(current.get(k, _MISSING) is not v for k, v in before.items()):
             _violation("the solution modified builtins")
-        if changed(own, own_names, own_internals):
+        full = writes is None or writes() != seen_writes[0]
+        if _changed(own, own_names, own_internals, own.get("__name__"), full):
             _violation("the solution modified the sandbox's guard")
         for name, (module, snapshot, internals) in modules.items():
             namespace = getattr(module, "__dict__", {})
-            if sys.modules.get(name) is not module or changed(namespace, snapshot, internals):
+            if sys.modules.get(name) is not module or _changed(namespace, snapshot, internals,
+                                                               snapshot.get("__name__"), full):
                 _violation(f"the solution modified module {name!r}")
         path, meta_path, path_hooks = imports
         for now, then in ((sys.path, path), (sys.meta_path, meta_path), (sys.path_hooks, path_hooks)):
@@ -508,9 +499,8 @@ def _guard(function: Callable, name: str, watch: Watch, instances_of: type | Non
 
 
 def _exception_copy(error: BaseException) -> BaseException:
-    """What a test catches of an exception the solution raised: a new one of the nearest built-in
-    class, with the same arguments when they are data (the solution's own object would answer
-    `str(e)`, `e.args` or `==` with its own code); the traceback kept, for the report."""
+    """What a test catches of the solution's exception: a new one of the nearest built-in class, its
+    arguments copied when data (the solution's own `__str__` or `args` would answer), traceback kept."""
     kinds = type.__dict__["__mro__"].__get__(type(error))
     args = BaseException.__dict__["args"].__get__(error)
     args = _plain_copy(args, "an exception") if type(_walk(args)) is list else (_type_name(type(error)),)
@@ -525,12 +515,9 @@ def _exception_copy(error: BaseException) -> BaseException:
 
 
 def _tests_namespace(namespace: dict, pristine: dict, watch: Watch, entry: str | None) -> dict:
-    """What the test code sees of the solution's names: every callable guarded (the entry point
-    whatever it is; another class's calls may return its own instances, so tests can drive a
-    `Solution` class), the genuine modules for its imports, copies of its data, and the genuine
-    builtins even where it defined the same names (its `abs` or `sorted` would run inside the
-    tests' own checks). Anything else stays behind (an object's methods would answer for the tests).
-    """
+    """The tests' view of the solution's names: every callable guarded (a class's calls, bar the
+    entry point's, may return its own instances: `Solution().method`), fresh modules, copied data,
+    and the genuine builtins even where it defined the same names; nothing else of it."""
     test_ns = {"__builtins__": pristine, "__name__": "__tests__"}
     for name, value in namespace.items():
         ours = name in ("__builtins__", "__name__") or (name in pristine and name != entry)
@@ -569,10 +556,8 @@ def _fresh_import(module: object) -> object:
 
 
 def child_tests(code: CodeType, spec: dict, writes: Callable[[], int] | None = None) -> None:
-    """Run the solution, then the instrumented tests against it, in one namespace (HumanEval).
-
-    The run ends with `end TOKEN` only if the test code ran to its end: an assert correctly not
-    reached (an `else:` branch, an empty loop) costs nothing, an exit or a skipped test does."""
+    """Run the solution, then the instrumented tests against it (HumanEval). The run ends with `end
+    TOKEN` only if the test code ran to its end: an assert correctly not reached costs nothing."""
     ok_sent = set()
 
     def ok(token: str) -> None:
