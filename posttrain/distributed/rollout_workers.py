@@ -112,6 +112,20 @@ def share_options(engine_options: dict[str, Any] | None, backend: str, prompt_id
     return {**(engine_options or {}), "occurrences": tuple(prompt_occurrences(prompt_ids[:stop])[first:])}
 
 
+def counted_from(part: Rollouts, first: int) -> None:
+    """A share's ``prompt_index`` (counted from 0 by whoever sampled it) counted in the whole request."""
+    part.prompt_index = [first + index for index in part.prompt_index]
+
+
+def joined(parts: list[Rollouts], started: float) -> Rollouts:
+    """The shares as one batch, timed as one call from ``started`` (the shares ran side by side)."""
+    rollouts = Rollouts.concat(parts)
+    seconds = time.perf_counter() - started
+    tokens = rollouts.timing.get("completion_tokens", 0.0)
+    rollouts.timing.update(seconds=seconds, tokens_per_s=tokens / seconds if seconds > 0 else 0.0)
+    return rollouts
+
+
 REDUCED_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -186,13 +200,9 @@ class RolloutPool:
             submitted = self._submit(model, call)
         parts = [self._result(ref, index, first, stop)
                  for index, (ref, (first, stop)) in enumerate(zip(submitted.pending, submitted.shares))]
-        for part, (first, _) in zip(parts, submitted.shares):  # each worker counts its prompts from 0
-            part.prompt_index = [first + index for index in part.prompt_index]
-        rollouts = Rollouts.concat(parts)
-        seconds = time.perf_counter() - start
-        tokens = rollouts.timing.get("completion_tokens", 0.0)
-        rollouts.timing.update(seconds=seconds, tokens_per_s=tokens / seconds if seconds > 0 else 0.0)
-        return rollouts
+        for part, (first, _) in zip(parts, submitted.shares):
+            counted_from(part, first)
+        return joined(parts, start)
 
     def sample_ahead(self, model: nn.Module, tokenizer: Any, prompts: list[Any], n: int,
                      sampling: SamplingParams, *, backend: str = "torch",

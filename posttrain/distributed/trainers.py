@@ -47,7 +47,7 @@ from posttrain.config import ClusterConfig
 from posttrain.distributed import ClusterError, Rank
 from posttrain.distributed.cluster import Cluster, Role, roles, share_bounds
 from posttrain.distributed.reward_workers import pickle_by_value, share_of_columns, shifted
-from posttrain.distributed.rollout_workers import share_options, with_seed
+from posttrain.distributed.rollout_workers import counted_from, joined, share_options, with_seed
 from posttrain.errors import PosttrainError, RewardError
 from posttrain.rewards.base import RewardScores
 from posttrain.rollout import Rollouts, checked_prompt_ids
@@ -267,12 +267,8 @@ def sampled_in_shares(sample: Callable[..., Rollouts]) -> Callable[..., Rollouts
         backend = options.get("backend", "torch")
         options["engine_options"] = share_options(options.get("engine_options"), backend, ids, first, stop)
         part = sample(model, tokenizer, prompts[first:stop], n, seeded, **options)
-        part.prompt_index = [first + index for index in part.prompt_index]
-        rollouts = Rollouts.concat(gathered(part))
-        seconds = time.perf_counter() - started
-        tokens = rollouts.timing.get("completion_tokens", 0.0)
-        rollouts.timing.update(seconds=seconds, tokens_per_s=tokens / seconds if seconds > 0 else 0.0)
-        return rollouts
+        counted_from(part, first)
+        return joined(gathered(part), started)
 
     return shared
 

@@ -202,6 +202,11 @@ def _plain_copy(value: object, name: str) -> object:
     return _copies(order).get(id(value), value)
 
 
+def _data_copy(value: object, otherwise: object) -> object:  # one walk: copied when data, else `otherwise`
+    order = _walk(value)
+    return _copies(order).get(id(value), value) if type(order) is list else otherwise
+
+
 def _copies(order: list) -> dict:
     """id(container) -> its copy, for every container `_walk` listed (a flat immutable one is its own)."""
     # Originals stay alive throughout, so an atom's id is never a container's: get(id, atom) is the atom.
@@ -257,8 +262,8 @@ def _arguments_in(values: list) -> tuple[list, list]:
 
 
 def _arguments_out(records: list, name: str) -> None:
-    """After the call: each of the tests' containers given what the solution left in its copy (it
-    sorts a list in place); copies of the tests' containers map back to them, anything new is copied."""
+    """After the call, each of the tests' containers gets its copy's contents (copies map back to the
+    tests' containers, anything new is copied): in-place sorting works."""
     for top, order, copies in records:
         if type(_walk(top)) is not list:
             _violation(f"{name} put a non-data object into its arguments")
@@ -277,8 +282,7 @@ def _arguments_out(records: list, name: str) -> None:
 
 
 def _empty_like(item: object, kind: int) -> object:
-    """An empty container of `item`'s exact type: a deque with its maxlen, a defaultdict with its
-    factory when that is a built-in type (the tests never call the solution's own)."""
+    """An empty container of `item`'s type: a deque's maxlen kept, a defaultdict's built-in factory."""
     if kind == id(_deque):
         return _deque(maxlen=_deque.maxlen.__get__(item))
     if kind == id(_defaultdict):
@@ -331,8 +335,7 @@ def _both_internals(namespace: dict, module_name: object) -> tuple[list, list]:
 
 def _changed(namespace: dict, names: dict, internals: tuple[list, list], module_name: object,
              full: bool) -> bool:  # fmt: skip
-    """Whether a name of `names` is bound to another object now, or (functions too when `full`) a
-    class or function of it changed."""
+    """Whether a name is bound elsewhere now, or one of its classes (and, `full`, functions) changed."""
     if any(namespace.get(k, _MISSING) is not v for k, v in names.items()):
         return True
     now, before = _internals(names, module_name, full), internals[1] if full else internals[0]
@@ -431,8 +434,7 @@ def _is_builtin_iterator(kind: type) -> bool:
 
 
 def _export(value: object, name: str, watch: Watch) -> object:
-    """What a test receives from the solution: a copy of built-in data; an iterator's items one by
-    one, each made under the guard; a callable, guarded in turn."""
+    """What a test receives: a copy of data, an iterator's items guarded one by one, a callable guarded."""
     kind = type(value)
     if id(kind) in _CALLABLES:
         return _guard(value, name, watch)
@@ -503,7 +505,7 @@ def _exception_copy(error: BaseException) -> BaseException:
     arguments copied when data (the solution's own `__str__` or `args` would answer), traceback kept."""
     kinds = type.__dict__["__mro__"].__get__(type(error))
     args = BaseException.__dict__["args"].__get__(error)
-    args = _plain_copy(args, "an exception") if type(_walk(args)) is list else (_type_name(type(error)),)
+    args = _data_copy(args, (_type_name(type(error)),))
     for kind in kinds:
         if id(kind) in _BUILTIN_EXCEPTIONS:
             try:
@@ -529,14 +531,13 @@ def _tests_namespace(namespace: dict, pristine: dict, watch: Watch, entry: str |
             test_ns[name] = _guard(value, name, watch)
         elif isinstance(value, type):
             test_ns[name] = _guard(value, name, watch, instances_of=value)
-        elif type(_walk(value)) is list:
-            test_ns[name] = _plain_copy(value, name)
+        elif (copy := _data_copy(value, _MISSING)) is not _MISSING:
+            test_ns[name] = copy
     return test_ns
 
 
 def _fresh_main(name: str) -> dict:
-    """A new module for the solution, installed as `__main__` (so the harness isn't there) and under its
-    own name (dataclasses and pickle look a class's module up there)."""
+    """The solution's module, as `__main__` (not the harness) and under its name (dataclasses, pickle)."""
     module = type(sys)(name)
     module.__dict__["__builtins__"] = builtins
     sys.modules["__main__"] = sys.modules[name] = module
@@ -544,8 +545,7 @@ def _fresh_main(name: str) -> dict:
 
 
 def _fresh_import(module: object) -> object:
-    """The genuine module a solution's module object stands for (imported anew: the solution's
-    copy left sys.modules), or None when its name imports nothing."""
+    """The genuine module a solution's module object stands for (imported anew), or None."""
     name = type(sys).__dict__["__dict__"].__get__(module).get("__name__")
     if type(name) is not str:
         return None
